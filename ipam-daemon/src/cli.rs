@@ -1,0 +1,127 @@
+//! `sluiced` command line. The flags spelled in the issues are a contract: tools outside the
+//! project start the daemon with them. Documented in the README.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::Parser;
+use ipnetwork::IpNetwork;
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "sluiced",
+    version,
+    about = "sluice node daemon: IPAM, eBPF datapath, NetworkPolicy"
+)]
+pub struct Cli {
+    /// Pod CIDR of this node; repeat for dual-stack (one IPv4 and one IPv6).
+    #[arg(long = "pod-cidr", value_name = "CIDR", default_value = "10.244.1.0/24")]
+    pub pod_cidr: Vec<IpNetwork>,
+
+    /// Unix socket of the local API (created mode 0600).
+    #[arg(long, value_name = "PATH", default_value = sluice_api::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+
+    /// Directory of the durable state (leases, endpoints).
+    #[arg(long = "state-dir", value_name = "DIR", default_value = "/var/lib/sluice")]
+    pub state_dir: PathBuf,
+
+    /// bpffs directory where maps, programs and links are pinned (bpffs is mounted if absent).
+    #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/sluice")]
+    pub bpffs: PathBuf,
+
+    /// Name of the dummy device that holds the pods' gateway addresses.
+    #[arg(long = "gateway-device", value_name = "NAME", default_value = "sluice0")]
+    pub gateway_device: String,
+
+    /// MTU of pod interfaces (default: 1500, less tunnel overhead in overlay mode).
+    #[arg(long, value_name = "BYTES")]
+    pub mtu: Option<u32>,
+
+    /// Remove every pinned map, program and link first (disruptive: pods lose traffic until
+    /// re-registered). Needed after an ABI change or to apply new map sizes.
+    #[arg(long = "reset-datapath")]
+    pub reset_datapath: bool,
+
+    /// Local endpoints (pods) this node can hold.
+    #[arg(long = "max-endpoints", default_value_t = sluice_common::maps::DEFAULT_MAX_ENDPOINTS)]
+    pub max_endpoints: u32,
+
+    /// Entries of the policy map (allowed endpoint/peer/port tuples after compilation).
+    #[arg(long = "max-policy-entries", default_value_t = sluice_common::maps::DEFAULT_POLICY)]
+    pub max_policy_entries: u32,
+
+    /// Entries of the conntrack table.
+    #[arg(long = "max-conntrack", default_value_t = sluice_common::maps::DEFAULT_CT)]
+    pub max_conntrack: u32,
+
+    /// Entries of the ipcache (remote pods, ipBlock regions).
+    #[arg(long = "max-ipcache", default_value_t = sluice_common::maps::DEFAULT_IPCACHE)]
+    pub max_ipcache: u32,
+
+    /// Seconds between conntrack garbage collections.
+    #[arg(long = "ct-gc-interval", value_name = "SECONDS", default_value_t = 10)]
+    pub ct_gc_interval: u64,
+
+    /// Log level filter (`info`, `debug`, `sluiced=debug,warn`...); RUST_LOG also works.
+    #[arg(long = "log-level", env = "SLUICE_LOG", default_value = "info")]
+    pub log_level: String,
+
+    /// Log format: `text` or `json`.
+    #[arg(long = "log-format", default_value = "text")]
+    pub log_format: String,
+}
+
+/// The daemon's configuration after validation.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub pod_cidrs: Vec<IpNetwork>,
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub bpffs: PathBuf,
+    pub gateway_device: String,
+    pub mtu: Option<u32>,
+    pub reset_datapath: bool,
+    pub sizes: crate::datapath::MapSizes,
+    pub ct_gc_interval: Duration,
+    /// An unregistered lease (an ADD that never finished) older than this, whose veth does
+    /// not exist, is released at start-up.
+    pub stale_lease_after: Duration,
+}
+
+impl Cli {
+    pub fn config(&self) -> anyhow::Result<Config> {
+        let v4 = self.pod_cidr.iter().filter(|c| c.is_ipv4()).count();
+        let v6 = self.pod_cidr.iter().filter(|c| c.is_ipv6()).count();
+        anyhow::ensure!(
+            v4 <= 1 && v6 <= 1,
+            "--pod-cidr: give at most one IPv4 and one IPv6 CIDR (got {:?})",
+            self.pod_cidr.iter().map(|c| c.to_string()).collect::<Vec<_>>()
+        );
+        anyhow::ensure!(self.max_endpoints >= 1, "--max-endpoints must be at least 1");
+        anyhow::ensure!(
+            self.gateway_device.len() <= 15 && !self.gateway_device.is_empty(),
+            "--gateway-device must be 1 to 15 characters"
+        );
+        if let Some(m) = self.mtu {
+            anyhow::ensure!((576..=65535).contains(&m), "--mtu must be between 576 and 65535");
+        }
+        Ok(Config {
+            pod_cidrs: self.pod_cidr.clone(),
+            socket: self.socket.clone(),
+            state_dir: self.state_dir.clone(),
+            bpffs: self.bpffs.clone(),
+            gateway_device: self.gateway_device.clone(),
+            mtu: self.mtu,
+            reset_datapath: self.reset_datapath,
+            sizes: crate::datapath::MapSizes {
+                endpoints: self.max_endpoints,
+                ipcache: self.max_ipcache,
+                policy: self.max_policy_entries,
+                conntrack: self.max_conntrack,
+                nodes: sluice_common::maps::DEFAULT_NODES,
+            },
+            ct_gc_interval: Duration::from_secs(self.ct_gc_interval.max(1)),
+            stale_lease_after: Duration::from_secs(300),
+        })
+    }
+}

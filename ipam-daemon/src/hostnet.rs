@@ -1,0 +1,273 @@
+//! The node's side of pod networking, over rtnetlink: the gateway device that holds the pods'
+//! gateway addresses, one host route per pod address through its host veth, and lookups of
+//! the host veths. Only ever touches interfaces and routes sluice created (its gateway device,
+//! its veths, routes through them).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use futures::TryStreamExt;
+use netlink_packet_route::{
+    address::{AddressAttribute, AddressFlags},
+    link::LinkAttribute,
+    route::RouteScope,
+};
+use rtnetlink::{Handle, LinkDummy, LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostNetError {
+    #[error("netlink: {op}: {source}")]
+    Netlink {
+        op: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    #[error("netlink connection: {0}")]
+    Connect(#[source] std::io::Error),
+    #[error("writing {path}: {source}")]
+    Sysctl {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn nl(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> HostNetError {
+    let op = op.into();
+    move |source| HostNetError::Netlink { op, source }
+}
+
+/// errno of a netlink error reply, if it is one.
+fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
+        _ => None,
+    }
+}
+
+/// A host-side interface as the daemon needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostLink {
+    pub index: u32,
+    pub mac: [u8; 6],
+    pub mtu: u32,
+}
+
+#[derive(Clone)]
+pub struct HostNet {
+    handle: Handle,
+}
+
+impl HostNet {
+    /// Open a netlink connection in the daemon's network namespace.
+    pub fn connect() -> Result<Self, HostNetError> {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(HostNetError::Connect)?;
+        tokio::spawn(conn);
+        Ok(Self { handle })
+    }
+
+    /// Look an interface up by name; `None` if there is none.
+    pub async fn link(&self, name: &str) -> Result<Option<HostLink>, HostNetError> {
+        let mut links = self.handle.link().get().match_name(name.to_owned()).execute();
+        match links.try_next().await {
+            Ok(Some(msg)) => {
+                let mut link = HostLink {
+                    index: msg.header.index,
+                    mac: [0; 6],
+                    mtu: 0,
+                };
+                for a in msg.attributes {
+                    match a {
+                        LinkAttribute::Address(m) if m.len() == 6 => link.mac.copy_from_slice(&m),
+                        LinkAttribute::Mtu(m) => link.mtu = m,
+                        _ => {}
+                    }
+                }
+                Ok(Some(link))
+            }
+            Ok(None) => Ok(None),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(nl(format!("get link {name}"))(e)),
+        }
+    }
+
+    /// Create (or keep) the dummy device that holds the pods' gateway addresses, up, with
+    /// each gateway as a host address. Node-to-pod traffic takes its source from it.
+    pub async fn ensure_gateway_device(&self, name: &str, gateways: &[IpAddr]) -> Result<u32, HostNetError> {
+        let link = match self.link(name).await? {
+            Some(l) => l,
+            None => {
+                let dummy = self
+                    .handle
+                    .link()
+                    .add(LinkDummy::new(name).up().build())
+                    .execute()
+                    .await;
+                match dummy {
+                    Ok(()) => {}
+                    // Kernels built without CONFIG_DUMMY: a veth pair does the job (its peer,
+                    // `<name>p`, stays unused), as Cilium's cilium_host/cilium_net do.
+                    Err(e) if errno(&e) == Some(libc::EOPNOTSUPP) => {
+                        let peer = format!("{}p", &name[..name.len().min(14)]);
+                        self.handle
+                            .link()
+                            .add(LinkVeth::new(name, &peer).up().build())
+                            .execute()
+                            .await
+                            .map_err(nl(format!("create veth {name}")))?;
+                        if let Some(p) = self.link(&peer).await? {
+                            self.handle
+                                .link()
+                                .set(LinkUnspec::new_with_index(p.index).up().build())
+                                .execute()
+                                .await
+                                .map_err(nl(format!("set {peer} up")))?;
+                        }
+                    }
+                    Err(e) => return Err(nl(format!("create dummy {name}"))(e)),
+                }
+                self.link(name).await?.ok_or_else(|| HostNetError::Netlink {
+                    op: format!("find {name} after creating it"),
+                    source: rtnetlink::Error::RequestFailed,
+                })?
+            }
+        };
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(link.index).up().build())
+            .execute()
+            .await
+            .map_err(nl(format!("set {name} up")))?;
+        for gw in gateways {
+            let len = if gw.is_ipv4() { 32 } else { 128 };
+            let mut req = self.handle.address().add(link.index, *gw, len).replace();
+            if gw.is_ipv6() {
+                req.message_mut()
+                    .attributes
+                    .push(AddressAttribute::Flags(AddressFlags::Nodad));
+            }
+            req.execute()
+                .await
+                .map_err(nl(format!("add {gw}/{len} to {name}")))?;
+        }
+        Ok(link.index)
+    }
+
+    /// Route a pod address through its host veth, preferring `src` as the node's source
+    /// address towards it. Replaces any route to the same address.
+    pub async fn add_pod_route(
+        &self,
+        ip: IpAddr,
+        ifindex: u32,
+        src: Option<IpAddr>,
+    ) -> Result<(), HostNetError> {
+        let msg = match ip {
+            IpAddr::V4(v4) => {
+                let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+                    .destination_prefix(v4, 32)
+                    .output_interface(ifindex)
+                    .scope(RouteScope::Link);
+                if let Some(IpAddr::V4(s)) = src {
+                    b = b.pref_source(s);
+                }
+                b.build()
+            }
+            IpAddr::V6(v6) => {
+                let mut b = RouteMessageBuilder::<Ipv6Addr>::new()
+                    .destination_prefix(v6, 128)
+                    .output_interface(ifindex);
+                if let Some(IpAddr::V6(s)) = src {
+                    b = b.pref_source(s);
+                }
+                b.build()
+            }
+        };
+        self.handle
+            .route()
+            .add(msg)
+            .replace()
+            .execute()
+            .await
+            .map_err(nl(format!("route {ip} via ifindex {ifindex}")))
+    }
+
+    /// Remove the route of a pod address through `ifindex`. Succeeds when it is gone already.
+    pub async fn del_pod_route(&self, ip: IpAddr, ifindex: u32) -> Result<(), HostNetError> {
+        let msg = match ip {
+            IpAddr::V4(v4) => RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(v4, 32)
+                .output_interface(ifindex)
+                .scope(RouteScope::Link)
+                .build(),
+            IpAddr::V6(v6) => RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(v6, 128)
+                .output_interface(ifindex)
+                .build(),
+        };
+        match self.handle.route().del(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e)
+                if matches!(
+                    errno(&e),
+                    Some(libc::ESRCH) | Some(libc::ENOENT) | Some(libc::ENODEV)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(nl(format!("delete route {ip}"))(e)),
+        }
+    }
+
+    /// Is `ip` routed through `ifindex`? (CNI CHECK.)
+    pub async fn has_pod_route(&self, ip: IpAddr, ifindex: u32) -> Result<bool, HostNetError> {
+        let msg = match ip {
+            IpAddr::V4(v4) => RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(v4, 32)
+                .build(),
+            IpAddr::V6(v6) => RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(v6, 128)
+                .build(),
+        };
+        let mut routes = self.handle.route().get(msg).execute();
+        while let Some(r) = routes.try_next().await.map_err(nl("list routes"))? {
+            let len_ok = r.header.destination_prefix_length == if ip.is_ipv4() { 32 } else { 128 };
+            let mut dst_ok = false;
+            let mut oif_ok = false;
+            for a in &r.attributes {
+                match a {
+                    netlink_packet_route::route::RouteAttribute::Destination(d) => {
+                        dst_ok = match (d, ip) {
+                            (netlink_packet_route::route::RouteAddress::Inet(a), IpAddr::V4(b)) => *a == b,
+                            (netlink_packet_route::route::RouteAddress::Inet6(a), IpAddr::V6(b)) => *a == b,
+                            _ => false,
+                        }
+                    }
+                    netlink_packet_route::route::RouteAttribute::Oif(i) => oif_ok = *i == ifindex,
+                    _ => {}
+                }
+            }
+            if len_ok && dst_ok && oif_ok {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
+
+/// Turn on IP forwarding in the daemon's network namespace (needed for traffic between pods
+/// and anything that is not a local pod: other nodes, the world).
+pub fn enable_forwarding(v4: bool, v6: bool) -> Result<(), HostNetError> {
+    let mut paths = Vec::new();
+    if v4 {
+        paths.push("/proc/sys/net/ipv4/ip_forward");
+    }
+    if v6 {
+        paths.push("/proc/sys/net/ipv6/conf/all/forwarding");
+    }
+    for p in paths {
+        std::fs::write(p, b"1").map_err(|source| HostNetError::Sysctl {
+            path: p.into(),
+            source,
+        })?;
+    }
+    Ok(())
+}

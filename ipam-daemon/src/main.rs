@@ -1,0 +1,200 @@
+//! `sluiced`, the sluice node daemon. See `cli.rs` for its flags and the README for the
+//! architecture.
+
+mod cli;
+mod datapath;
+mod events;
+mod fsutil;
+mod hostnet;
+mod ipam;
+mod locks;
+mod maintenance;
+mod node;
+mod server;
+mod status;
+mod store;
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{Arc, Mutex, atomic::AtomicBool},
+    time::Instant,
+};
+
+use anyhow::Context;
+use clap::Parser;
+use sluice_common::endpoint::DatapathConfig;
+
+use crate::{
+    cli::Cli,
+    datapath::{Datapath, DatapathOptions},
+    events::EventHub,
+    hostnet::HostNet,
+    ipam::Ipam,
+    node::{Node, Slots},
+    store::Store,
+};
+
+fn init_logging(cli: &Cli) {
+    use tracing_subscriber::{EnvFilter, fmt};
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| EnvFilter::new(&cli.log_level));
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if cli.log_format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    if let Err(e) = rt.block_on(run(cli)) {
+        tracing::error!("{e:#}");
+        eprintln!("sluiced: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// Datapath defaults: conntrack lifetimes close to Linux's nf_conntrack and Cilium's.
+fn datapath_config() -> DatapathConfig {
+    DatapathConfig {
+        flags: 0,
+        policy_gen: 1,
+        vxlan_ifindex: 0,
+        vxlan_vni: 0,
+        ct_tcp_syn_s: 60,
+        ct_tcp_established_s: 6 * 3600,
+        ct_tcp_closing_s: 10,
+        ct_udp_s: 60,
+        ct_icmp_s: 30,
+        ct_other_s: 60,
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let cfg = cli.config()?;
+    // Files the daemon creates are root's alone (state, socket, queue).
+    // SAFETY: umask has no failure mode.
+    unsafe { libc::umask(0o077) };
+    fsutil::create_private_dir(&cfg.state_dir)
+        .with_context(|| format!("creating --state-dir {}", cfg.state_dir.display()))?;
+    let store = Store::open(&cfg.state_dir.join("sluice.redb"))?;
+    let ipam = Ipam::new(&cfg.pod_cidrs)?;
+    let gateways: Vec<IpAddr> = ipam.pools().iter().map(|p| p.gateway()).collect();
+
+    let datapath = Datapath::open(&DatapathOptions {
+        bpffs: cfg.bpffs.clone(),
+        state_dir: cfg.state_dir.clone(),
+        sizes: cfg.sizes,
+        reset: cfg.reset_datapath,
+    })?;
+    tracing::info!(
+        outcome = ?datapath.outcome,
+        kernel = %datapath.kernel.release,
+        verified_insns = ?datapath.verified_insns,
+        "datapath ready"
+    );
+    // Keep the policy generation across restarts (conntrack entries carry it).
+    let previous = datapath.maps.config();
+    let mut dp_cfg = datapath_config();
+    dp_cfg.policy_gen = previous.policy_gen.max(1);
+    datapath.maps.set_config(&dp_cfg)?;
+
+    for id in datapath.program_ids() {
+        match aya_log::EbpfLogger::init_from_id(*id) {
+            Ok(logger) => {
+                tokio::spawn(async move {
+                    // SAFETY: the AsyncFd owns the logger, so its fd outlives the registration.
+                    let registered = unsafe {
+                        tokio::io::unix::AsyncFd::register_with_interest(
+                            logger,
+                            tokio::io::Interest::READABLE,
+                        )
+                    };
+                    let Ok(mut fd) = registered else {
+                        return;
+                    };
+                    loop {
+                        let Ok(mut g) = fd.readable_mut().await else {
+                            return;
+                        };
+                        g.get_inner_mut().flush();
+                        g.clear_ready();
+                    }
+                });
+            }
+            Err(e) => tracing::debug!(program = id, error = %e, "no aya-log reader"),
+        }
+    }
+
+    let hostnet = HostNet::connect()?;
+    hostnet
+        .ensure_gateway_device(&cfg.gateway_device, &gateways)
+        .await
+        .context("gateway device")?;
+    hostnet::enable_forwarding(
+        gateways.iter().any(|g| g.is_ipv4()),
+        gateways.iter().any(|g| g.is_ipv6()),
+    )?;
+
+    let mtu = cfg.mtu.unwrap_or(1500);
+    let node = Arc::new(Node {
+        cfg: cfg.clone(),
+        started: Instant::now(),
+        ipam: Mutex::new(ipam),
+        records: Mutex::new(HashMap::new()),
+        slots: Mutex::new(Slots::default()),
+        store,
+        datapath,
+        hostnet,
+        gateways,
+        mtu,
+        locks: Default::default(),
+        ready: AtomicBool::new(false),
+        node_name: std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default(),
+        ct_live: Default::default(),
+    });
+    let summary = node.reconcile().await;
+    tracing::info!(?summary, "reconciled state with the datapath");
+    let applied = maintenance::drain_pending(&node).await;
+    if applied > 0 {
+        tracing::info!(applied, "applied teardowns queued while sluiced was down");
+    }
+
+    let hub = Arc::new(EventHub::default());
+    if let Some(ring) = node.datapath.maps.take_events() {
+        tokio::spawn(events::run_reader(ring, hub.clone(), node.clone()));
+    }
+    tokio::spawn(maintenance::conntrack_gc(node.clone(), cfg.ct_gc_interval));
+    tokio::spawn(maintenance::pending_loop(node.clone()));
+
+    // Ready: the socket accepts connections from here on.
+    let listener = server::bind(&cfg.socket)?;
+    node.set_ready();
+    tracing::info!(socket = %cfg.socket.display(), cidrs = ?cfg.pod_cidrs, "sluiced ready");
+    let server = tokio::spawn(server::serve(listener, node.clone(), hub.clone()));
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = int.recv() => tracing::info!("SIGINT: stopping"),
+    }
+    // Stop serving; leave the datapath (pinned programs, links and maps) in place so pods keep
+    // their traffic until the next daemon re-adopts it.
+    server.abort();
+    let _ = std::fs::remove_file(&cfg.socket);
+    tracing::info!("stopped; datapath left in place");
+    Ok(())
+}

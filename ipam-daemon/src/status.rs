@@ -1,0 +1,42 @@
+//! `status`: health and figures of the daemon.
+
+use sluice_api::{MapFill, Status};
+
+use crate::node::Node;
+
+pub fn status(node: &Node) -> Status {
+    let maps = node
+        .datapath
+        .maps
+        .fill()
+        .into_iter()
+        .map(|(name, entries, capacity)| MapFill {
+            name: name.into(),
+            entries,
+            capacity,
+        })
+        .collect();
+    let endpoints = node
+        .records
+        .lock()
+        .expect("records")
+        .values()
+        .filter(|r| r.endpoint.is_some())
+        .count() as u64;
+    Status {
+        version: env!("CARGO_PKG_VERSION").into(),
+        ready: node.is_ready(),
+        node_name: node.node_name.clone(),
+        routing: "local".into(),
+        pools: node.pool_status(),
+        endpoints,
+        kernel: node.datapath.kernel.release.clone(),
+        features: node.datapath.kernel.features.clone(),
+        attach_mode: "tcx".into(),
+        maps,
+        datapath_counters: node.datapath.maps.global_counters(),
+        policies: 0,
+        identities: 0,
+        uptime_s: node.started.elapsed().as_secs(),
+    }
+}
