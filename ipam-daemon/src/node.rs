@@ -48,8 +48,23 @@ pub fn api_err(kind: ErrorKind, message: impl Into<String>) -> ApiError {
     }
 }
 
-fn internal(e: impl std::fmt::Display) -> ApiError {
-    api_err(ErrorKind::Internal, e.to_string())
+/// An error and its sources, `outer: inner: innermost`.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+fn internal(e: impl std::error::Error) -> ApiError {
+    api_err(ErrorKind::Internal, chain(&e))
 }
 
 impl From<IpamError> for ApiError {
@@ -252,7 +267,7 @@ impl Node {
             .hostnet
             .link(&req.host_ifname)
             .await
-            .map_err(|e| api_err(ErrorKind::Netlink, e.to_string()))?
+            .map_err(|e| api_err(ErrorKind::Netlink, chain(&e)))?
             .ok_or_else(|| {
                 api_err(
                     ErrorKind::Netlink,
@@ -350,7 +365,7 @@ impl Node {
 
     /// Put an endpoint's datapath state in place (idempotent).
     async fn wire(&self, rec: &AttachmentRecord, ep: &EndpointRecord) -> Result<(), ApiError> {
-        let dp = |e: crate::datapath::DatapathError| api_err(ErrorKind::Datapath, e.to_string());
+        let dp = |e: crate::datapath::DatapathError| api_err(ErrorKind::Datapath, chain(&e));
         let le = self.local_endpoint(rec, ep);
         self.datapath.maps.reset_stats(ep.ep_id).map_err(dp)?;
         self.datapath.maps.put_endpoint(&le, &rec.ips).map_err(dp)?;
@@ -361,7 +376,7 @@ impl Node {
             self.hostnet
                 .add_pod_route(*ip, ep.host_ifindex, self.gateway_for(ip))
                 .await
-                .map_err(|e| api_err(ErrorKind::Netlink, e.to_string()))?;
+                .map_err(|e| api_err(ErrorKind::Netlink, chain(&e)))?;
         }
         Ok(())
     }
@@ -371,7 +386,7 @@ impl Node {
         let mut first: Option<ApiError> = None;
         for ip in &rec.ips {
             if let Err(e) = self.hostnet.del_pod_route(*ip, ep.host_ifindex).await {
-                first.get_or_insert(api_err(ErrorKind::Netlink, e.to_string()));
+                first.get_or_insert(api_err(ErrorKind::Netlink, chain(&e)));
             }
         }
         // Only remove address entries that still point at this endpoint's interface.
@@ -387,10 +402,10 @@ impl Node {
             })
             .collect();
         if let Err(e) = self.datapath.maps.remove_endpoint(ep.host_ifindex, &mine) {
-            first.get_or_insert(api_err(ErrorKind::Datapath, e.to_string()));
+            first.get_or_insert(api_err(ErrorKind::Datapath, chain(&e)));
         }
         if let Err(e) = self.datapath.detach(&ep.host_ifname) {
-            first.get_or_insert(api_err(ErrorKind::Datapath, e.to_string()));
+            first.get_or_insert(api_err(ErrorKind::Datapath, chain(&e)));
         }
         match first {
             Some(e) => Err(e),

@@ -93,11 +93,12 @@ impl Pins {
     pub fn prog(&self, name: &str) -> PathBuf {
         self.root.join("progs").join(name)
     }
-    /// The tcx link of one program on one interface (`<ifname>.ingress` / `<ifname>.egress`).
+    /// The tcx link of one program on one interface (`<ifname>_ingress` / `<ifname>_egress`;
+    /// bpffs refuses names with a dot).
     pub fn link(&self, ifname: &str, ingress: bool) -> PathBuf {
         self.root
             .join("links")
-            .join(format!("{ifname}.{}", if ingress { "ingress" } else { "egress" }))
+            .join(format!("{ifname}_{}", if ingress { "ingress" } else { "egress" }))
     }
     pub fn links_dir(&self) -> PathBuf {
         self.root.join("links")

@@ -2,7 +2,7 @@
 //! pins), the programs attached with tcx to each pod's host veth through pinned links, and
 //! typed access to the maps.
 //!
-//! Everything lives under `--bpffs`: `maps/<NAME>`, `progs/<name>`, `links/<ifname>.<dir>`.
+//! Everything lives under `--bpffs`: `maps/<NAME>`, `progs/<name>`, `links/<ifname>_<dir>`.
 //! A restarted daemon with the same object re-opens all of it and disturbs nothing; a daemon
 //! with a new object swaps the program behind every link atomically (`BPF_LINK_UPDATE`) and
 //! keeps the maps; a daemon whose ABI differs from the pinned maps' refuses to start unless
@@ -285,9 +285,9 @@ impl Datapath {
         for entry in entries.flatten() {
             let path = entry.path();
             let name = entry.file_name().to_string_lossy().into_owned();
-            let (prog, prog_name) = if name.ends_with(".ingress") {
+            let (prog, prog_name) = if name.ends_with("_ingress") {
                 (&self.from_pod, programs::FROM_POD)
-            } else if name.ends_with(".egress") {
+            } else if name.ends_with("_egress") {
                 (&self.to_pod, programs::TO_POD)
             } else {
                 continue;
@@ -383,7 +383,9 @@ impl Datapath {
             .flatten()
             .filter_map(|e| {
                 let n = e.file_name().to_string_lossy().into_owned();
-                n.rsplit_once('.').map(|(i, _)| i.to_owned())
+                n.rsplit_once('_')
+                    .filter(|(_, dir)| *dir == "ingress" || *dir == "egress")
+                    .map(|(i, _)| i.to_owned())
             })
             .collect();
         out.sort();

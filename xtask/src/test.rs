@@ -1,0 +1,39 @@
+//! `cargo xtask test`: the whole suite, as CI runs it.
+
+use std::process::Command;
+
+use anyhow::{Result, ensure};
+
+use crate::sh;
+
+pub fn run(filter: Option<&str>, integration_only: bool) -> Result<()> {
+    let started = std::time::Instant::now();
+    if !integration_only {
+        sh::run(sh::cargo().args(["fmt", "--all", "--", "--check"]))?;
+        sh::run(sh::cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+        sh::run(sh::cargo().args(["test", "--workspace", "--exclude", "sluice-tests"]))?;
+    }
+    crate::build_release()?;
+    ensure!(
+        sh::is_root(),
+        "the integration tests create network namespaces and load eBPF programs: run `cargo xtask test` as root"
+    );
+    let bins = sh::root().join("target/release");
+    let mut cmd = sh::cargo();
+    cmd.args(["test", "--release", "-p", "sluice-tests", "--"]).args([
+        "--test-threads",
+        "1",
+        "--include-ignored",
+    ]);
+    if let Some(f) = filter {
+        cmd.arg(f);
+    }
+    cmd.env("SLUICE_BIN_DIR", &bins);
+    sh::run(&mut cmd)?;
+    eprintln!(
+        "xtask test: all passed in {:.0}s",
+        started.elapsed().as_secs_f64()
+    );
+    let _ = Command::new("true");
+    Ok(())
+}
