@@ -80,18 +80,18 @@ pub fn run(getenv: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Reply {
         Verb::Status | Verb::Gc => Some(Version(1, 1, 0)),
         _ => None,
     };
-    if let Some(min) = minimum {
-        if conf.version < min {
-            let e = CniError::new(
-                Code::IncompatibleVersion,
-                format!(
-                    "config version {} does not allow {}",
-                    conf.cni_version,
-                    env.verb.name()
-                ),
-            );
-            return error_reply(&e, &conf.cni_version);
-        }
+    if let Some(min) = minimum
+        && conf.version < min
+    {
+        let e = CniError::new(
+            Code::IncompatibleVersion,
+            format!(
+                "config version {} does not allow {}",
+                conf.cni_version,
+                env.verb.name()
+            ),
+        );
+        return error_reply(&e, &conf.cni_version);
     }
     let started = std::time::Instant::now();
     let outcome = match env.verb {

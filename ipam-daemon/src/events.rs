@@ -139,10 +139,10 @@ pub async fn run_reader(ring: RingBuf<MapData>, hub: Arc<EventHub>, node: Arc<No
             // SAFETY: the datapath writes whole FlowEvents; read unaligned to be safe.
             let ev: FlowEvent = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const FlowEvent) };
             hub.events_total.fetch_add(1, Ordering::Relaxed);
-            if ev.verdict == VERDICT_DROP {
-                if let Some(c) = hub.drops.get(ev.reason as usize) {
-                    c.fetch_add(1, Ordering::Relaxed);
-                }
+            if ev.verdict == VERDICT_DROP
+                && let Some(c) = hub.drops.get(ev.reason as usize)
+            {
+                c.fetch_add(1, Ordering::Relaxed);
             }
             if hub.tx.receiver_count() > 0 {
                 let _ = hub.tx.send(Arc::new(decode(&node, &ev)));

@@ -40,10 +40,10 @@ impl Drop for AttachmentGuard<'_> {
         drop(self.guard.take());
         // Forget the lock once nobody holds or waits for it, so the table stays small.
         let mut locks = self.owner.locks.lock().expect("locks");
-        if let Some(m) = locks.get(&self.key) {
-            if Arc::strong_count(m) == 1 {
-                locks.remove(&self.key);
-            }
+        if let Some(m) = locks.get(&self.key)
+            && Arc::strong_count(m) == 1
+        {
+            locks.remove(&self.key);
         }
     }
 }

@@ -42,7 +42,7 @@ impl Sluiced {
             "--bpffs".into(),
             bpffs.display().to_string(),
         ];
-        if !extra.iter().any(|a| *a == "--pod-cidr") {
+        if !extra.contains(&"--pod-cidr") {
             args.extend(["--pod-cidr".into(), "10.244.1.0/24".into()]);
         }
         args.extend(extra.iter().map(|s| s.to_string()));
@@ -85,10 +85,10 @@ impl Sluiced {
     fn wait_ready(&mut self, timeout: Duration) {
         let start = Instant::now();
         while start.elapsed() < timeout {
-            if let Some(c) = self.child.as_mut() {
-                if let Ok(Some(st)) = c.try_wait() {
-                    panic!("sluiced exited ({st}) during start-up:\n{}", self.log_tail(40));
-                }
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(st)) = c.try_wait()
+            {
+                panic!("sluiced exited ({st}) during start-up:\n{}", self.log_tail(40));
             }
             if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
                 return;

@@ -63,10 +63,5 @@ pub fn quiet(c: &mut Command) -> bool {
 
 pub fn is_root() -> bool {
     // SAFETY: no arguments, cannot fail.
-    unsafe { libc_geteuid() == 0 }
-}
-
-unsafe extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
+    unsafe { libc::geteuid() == 0 }
 }

@@ -74,13 +74,13 @@ pub fn check(env: &Env, conf: &NetConf) -> CniResult<()> {
             iface.mac
         )));
     }
-    if let Some(m) = iface.mtu {
-        if m != link.mtu {
-            return Err(fail(format!(
-                "interface {} has MTU {}, prevResult says {m}",
-                env.ifname, link.mtu
-            )));
-        }
+    if let Some(m) = iface.mtu
+        && m != link.mtu
+    {
+        return Err(fail(format!(
+            "interface {} has MTU {}, prevResult says {m}",
+            env.ifname, link.mtu
+        )));
     }
     if !link.up {
         return Err(fail(format!("interface {} is down", env.ifname)));

@@ -44,7 +44,7 @@ fn invalid(msg: String) -> CniError {
 }
 
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let parts: Vec<&str> = s.split(|c| c == ':' || c == '-').collect();
+    let parts: Vec<&str> = s.split([':', '-']).collect();
     if parts.len() != 6 {
         return None;
     }
@@ -173,13 +173,13 @@ pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
             }
         },
     };
-    if let Some(ipam) = obj.get("ipam") {
-        if ipam.as_object().is_some_and(|o| !o.is_empty()) {
-            return Err(CniError::new(
-                Code::UnsupportedField,
-                format!("ipam {ipam}: sluice allocates addresses itself; remove the ipam section"),
-            ));
-        }
+    if let Some(ipam) = obj.get("ipam")
+        && ipam.as_object().is_some_and(|o| !o.is_empty())
+    {
+        return Err(CniError::new(
+            Code::UnsupportedField,
+            format!("ipam {ipam}: sluice allocates addresses itself; remove the ipam section"),
+        ));
     }
     let mut requested_ips = Vec::new();
     let mut requested_mac = None;

@@ -5,8 +5,7 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use sluice_common::{
     conntrack::{
-        CT_F_ESTABLISHED, CT_F_FIN_FWD, CT_F_FIN_REV, CT_F_RST, CT_F_SEEN_REPLY, CT_F_SYN,
-        CtEntry, CtKey,
+        CT_F_ESTABLISHED, CT_F_FIN_FWD, CT_F_FIN_REV, CT_F_RST, CT_F_SEEN_REPLY, CT_F_SYN, CtEntry, CtKey,
     },
     endpoint::DatapathConfig,
 };
@@ -76,12 +75,7 @@ fn next_flags(flags: u32, proto: u8, tcp_flags: u8, reply: bool) -> u32 {
 /// entry only when something changed (at most once a second for a busy flow), so established
 /// traffic does not bounce the entry's cache line between CPUs.
 #[inline(always)]
-pub fn lookup(
-    key: &CtKey,
-    cfg: &DatapathConfig,
-    now: u32,
-    tcp_flags: u8,
-) -> Lookup {
+pub fn lookup(key: &CtKey, cfg: &DatapathConfig, now: u32, tcp_flags: u8) -> Lookup {
     let mut reply = false;
     let mut entry = SL_CT.get_ptr_mut(key);
     if entry.is_none() {

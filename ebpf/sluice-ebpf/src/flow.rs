@@ -66,10 +66,7 @@ pub fn police(
         }
         return true;
     }
-    if pkt.proto == IPPROTO_TCP
-        && pkt.tcp_flags & TCP_SYN != 0
-        && pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0
-    {
+    if pkt.proto == IPPROTO_TCP && pkt.tcp_flags & TCP_SYN != 0 && pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         events::dropped(&info(pkt, &plain, ifindex), drop_reason::CT_INVALID);
         return false;
     }

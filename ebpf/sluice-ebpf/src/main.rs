@@ -21,7 +21,7 @@ mod packet;
 mod policy;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_SHOT, __sk_buff},
+    bindings::{__sk_buff, TC_ACT_SHOT},
     macros::classifier,
     programs::TcContext,
 };
@@ -97,7 +97,10 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, ()> {
     let (src_mac, ethertype) = unsafe { ((*eth).src, u16::from_be((*eth).proto)) };
     let none = IpAddr128::default();
     if src_mac != ep.pod_mac {
-        events::dropped(&early(ep, ifindex, direction::EGRESS, none, none, 0), drop_reason::SPOOFED_MAC);
+        events::dropped(
+            &early(ep, ifindex, direction::EGRESS, none, none, 0),
+            drop_reason::SPOOFED_MAC,
+        );
         return Ok(TC_ACT_SHOT);
     }
     if let Some(s) = ep_stats(ep.ep_id) {
@@ -110,11 +113,17 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, ()> {
                 ArpAction::Replied(v) => Ok(v),
                 ArpAction::Pass => Ok(PASS),
                 ArpAction::SpoofedMac => {
-                    events::dropped(&early(ep, ifindex, direction::EGRESS, none, none, 0), drop_reason::SPOOFED_MAC);
+                    events::dropped(
+                        &early(ep, ifindex, direction::EGRESS, none, none, 0),
+                        drop_reason::SPOOFED_MAC,
+                    );
                     Ok(TC_ACT_SHOT)
                 }
                 ArpAction::SpoofedIp => {
-                    events::dropped(&early(ep, ifindex, direction::EGRESS, none, none, 0), drop_reason::SPOOFED_IP);
+                    events::dropped(
+                        &early(ep, ifindex, direction::EGRESS, none, none, 0),
+                        drop_reason::SPOOFED_IP,
+                    );
                     Ok(TC_ACT_SHOT)
                 }
             };
@@ -139,7 +148,10 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, ()> {
         _ => return Ok(PASS),
     }
     let Some(pkt) = packet::parse_ip(ctx, ethertype) else {
-        events::dropped(&early(ep, ifindex, direction::EGRESS, none, none, 0), drop_reason::CT_INVALID);
+        events::dropped(
+            &early(ep, ifindex, direction::EGRESS, none, none, 0),
+            drop_reason::CT_INVALID,
+        );
         return Ok(TC_ACT_SHOT);
     };
     let own = if pkt.family == 4 {
@@ -148,7 +160,10 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, ()> {
         ep.flags & EP_F_HAS_V6 != 0 && pkt.src == ep.ipv6
     };
     if !own {
-        events::dropped(&early(ep, ifindex, direction::EGRESS, pkt.src, pkt.dst, pkt.proto), drop_reason::SPOOFED_IP);
+        events::dropped(
+            &early(ep, ifindex, direction::EGRESS, pkt.src, pkt.dst, pkt.proto),
+            drop_reason::SPOOFED_IP,
+        );
         return Ok(TC_ACT_SHOT);
     }
     if pkt.proto == IPPROTO_ICMPV6 && is_nd(pkt.icmp_type) {
@@ -211,7 +226,10 @@ fn try_to_pod(ctx: &TcContext) -> Result<i32, ()> {
     }
     let none = IpAddr128::default();
     let Some(pkt) = packet::parse_ip(ctx, ethertype) else {
-        events::dropped(&early(ep, ifindex, direction::INGRESS, none, none, 0), drop_reason::CT_INVALID);
+        events::dropped(
+            &early(ep, ifindex, direction::INGRESS, none, none, 0),
+            drop_reason::CT_INVALID,
+        );
         return Ok(TC_ACT_SHOT);
     };
     if pkt.proto == IPPROTO_ICMPV6 && is_nd(pkt.icmp_type) {

@@ -21,8 +21,7 @@ pub static SL_ENDPOINTS: HashMap<IpAddr128, LocalEndpoint> =
 
 /// Host-side veth ifindex -> the local endpoint behind it.
 #[map]
-pub static SL_IFACES: HashMap<u32, LocalEndpoint> =
-    HashMap::with_max_entries(m::DEFAULT_MAX_ENDPOINTS, 0);
+pub static SL_IFACES: HashMap<u32, LocalEndpoint> = HashMap::with_max_entries(m::DEFAULT_MAX_ENDPOINTS, 0);
 
 /// Address prefix -> security identity, for every address that is not a local endpoint.
 #[map]

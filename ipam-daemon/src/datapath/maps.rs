@@ -2,10 +2,7 @@
 
 use std::{collections::BTreeMap, net::IpAddr, sync::Mutex};
 
-use aya::maps::{
-    Array, HashMap, MapData, MapError, PerCpuArray, RingBuf,
-    lpm_trie::{Key, LpmTrie},
-};
+use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::LpmTrie};
 use sluice_common::{
     conntrack::{CtEntry, CtKey},
     endpoint::{DatapathConfig, IpInfo, LocalEndpoint, RemoteNode},
@@ -74,20 +71,6 @@ pub fn ip_from128(a: &IpAddr128) -> IpAddr {
         Some(v4) => IpAddr::V4(v4),
         None => IpAddr::V6(v6),
     }
-}
-
-/// An LPM key for a prefix (IPv4 prefixes live under ::ffff:0:0/96).
-pub fn prefix_key(net: ipnetwork::IpNetwork) -> Key<IpPrefixData> {
-    let len = match net {
-        ipnetwork::IpNetwork::V4(n) => 96 + n.prefix() as u32,
-        ipnetwork::IpNetwork::V6(n) => n.prefix() as u32,
-    };
-    Key::new(
-        len,
-        IpPrefixData {
-            bytes: ip128(net.network()).to_bytes(),
-        },
-    )
 }
 
 pub struct DatapathMaps {
@@ -172,17 +155,17 @@ impl DatapathMaps {
         {
             let mut m = self.endpoints.lock().expect("map lock");
             for ip in ips {
-                if let Err(e) = m.remove(&ip128(*ip)) {
-                    if !not_found(&e) {
-                        return Err(map_err(names::ENDPOINTS)(e));
-                    }
+                if let Err(e) = m.remove(&ip128(*ip))
+                    && !not_found(&e)
+                {
+                    return Err(map_err(names::ENDPOINTS)(e));
                 }
             }
         }
-        if let Err(e) = self.ifaces.lock().expect("map lock").remove(&ifindex) {
-            if !not_found(&e) {
-                return Err(map_err(names::IFACES)(e));
-            }
+        if let Err(e) = self.ifaces.lock().expect("map lock").remove(&ifindex)
+            && !not_found(&e)
+        {
+            return Err(map_err(names::IFACES)(e));
         }
         Ok(())
     }
@@ -278,70 +261,6 @@ impl DatapathMaps {
         self.events.lock().expect("map lock").take()
     }
 
-    // ---- policy and identities -------------------------------------------------------
-
-    pub fn policy_insert(&self, key: &Key<PolicyKeyData>, v: &PolicyValue) -> Result<(), DatapathError> {
-        self.policy
-            .lock()
-            .expect("map lock")
-            .insert(key, v, 0)
-            .map_err(map_err(names::POLICY))
-    }
-
-    pub fn policy_remove(&self, key: &Key<PolicyKeyData>) -> Result<(), DatapathError> {
-        match self.policy.lock().expect("map lock").remove(key) {
-            Err(e) if !not_found(&e) => Err(map_err(names::POLICY)(e)),
-            _ => Ok(()),
-        }
-    }
-
-    pub fn policy_entries(&self) -> Vec<(Key<PolicyKeyData>, PolicyValue)> {
-        let m = self.policy.lock().expect("map lock");
-        m.iter().filter_map(Result::ok).collect()
-    }
-
-    pub fn ipcache_insert(&self, key: &Key<IpPrefixData>, v: &IpInfo) -> Result<(), DatapathError> {
-        self.ipcache
-            .lock()
-            .expect("map lock")
-            .insert(key, v, 0)
-            .map_err(map_err(names::IPCACHE))
-    }
-
-    pub fn ipcache_remove(&self, key: &Key<IpPrefixData>) -> Result<(), DatapathError> {
-        match self.ipcache.lock().expect("map lock").remove(key) {
-            Err(e) if !not_found(&e) => Err(map_err(names::IPCACHE)(e)),
-            _ => Ok(()),
-        }
-    }
-
-    pub fn ipcache_entries(&self) -> Vec<(Key<IpPrefixData>, IpInfo)> {
-        let m = self.ipcache.lock().expect("map lock");
-        m.iter().filter_map(Result::ok).collect()
-    }
-
-    // ---- remote nodes ----------------------------------------------------------------
-
-    pub fn node_insert(&self, key: &Key<IpPrefixData>, v: &RemoteNode) -> Result<(), DatapathError> {
-        self.nodes
-            .lock()
-            .expect("map lock")
-            .insert(key, v, 0)
-            .map_err(map_err(names::NODES))
-    }
-
-    pub fn node_remove(&self, key: &Key<IpPrefixData>) -> Result<(), DatapathError> {
-        match self.nodes.lock().expect("map lock").remove(key) {
-            Err(e) if !not_found(&e) => Err(map_err(names::NODES)(e)),
-            _ => Ok(()),
-        }
-    }
-
-    pub fn node_entries(&self) -> Vec<(Key<IpPrefixData>, RemoteNode)> {
-        let m = self.nodes.lock().expect("map lock");
-        m.iter().filter_map(Result::ok).collect()
-    }
-
     // ---- conntrack -------------------------------------------------------------------
 
     /// Delete conntrack entries that expired before `now_s` (CLOCK_MONOTONIC seconds), and
@@ -364,11 +283,6 @@ impl DatapathMaps {
             }
         }
         (live, removed)
-    }
-
-    pub fn ct_entries(&self) -> Vec<(CtKey, CtEntry)> {
-        let m = self.ct.lock().expect("map lock");
-        m.iter().filter_map(Result::ok).collect()
     }
 
     /// Entries per map, with capacities (walks the maps: for status, not for hot paths).

@@ -136,9 +136,6 @@ pub fn check_kernel() -> Result<KernelFeatures, DatapathError> {
     if Path::new("/sys/kernel/btf/vmlinux").exists() {
         features.push("btf".into());
     }
-    if at_least(6, 7) {
-        features.push("netkit".into());
-    }
     Ok(KernelFeatures { release, features })
 }
 
@@ -272,10 +269,6 @@ impl Datapath {
         &self.program_ids
     }
 
-    pub fn pins(&self) -> &Pins {
-        &self.pins
-    }
-
     /// After an upgrade: point every pinned link at the newly loaded program, atomically, so
     /// pods never see a moment without a program.
     fn swap_programs_behind_links(&self) -> Result<(), DatapathError> {
@@ -397,13 +390,13 @@ impl Datapath {
 /// Refuse pinned maps this daemon cannot use: another ABI, or a layout that differs.
 fn check_pinned_maps(pins: &Pins, previous: Option<&PinnedRecord>) -> Result<(), DatapathError> {
     let dir = pins.root.clone();
-    if let Some(p) = previous {
-        if p.abi != ABI_VERSION {
-            return Err(DatapathError::Incompatible {
-                dir,
-                why: format!("ABI {} pinned, this daemon speaks ABI {ABI_VERSION}", p.abi),
-            });
-        }
+    if let Some(p) = previous
+        && p.abi != ABI_VERSION
+    {
+        return Err(DatapathError::Incompatible {
+            dir,
+            why: format!("ABI {} pinned, this daemon speaks ABI {ABI_VERSION}", p.abi),
+        });
     }
     let obj = aya_obj::Object::parse(object::OBJECT).map_err(|e| DatapathError::Incompatible {
         dir: dir.clone(),

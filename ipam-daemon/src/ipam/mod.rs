@@ -99,6 +99,7 @@ impl Ipam {
         outside
     }
 
+    #[cfg(test)]
     pub fn lease(&self, a: &Attachment) -> Option<&Lease> {
         self.leases.get(a)
     }
@@ -107,6 +108,7 @@ impl Ipam {
         self.leases.iter()
     }
 
+    #[cfg(test)]
     pub fn owner(&self, ip: IpAddr) -> Option<&Attachment> {
         self.owners.get(&ip)
     }
