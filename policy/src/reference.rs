@@ -1,0 +1,1 @@
+//! Reference evaluator: written by a helper session (see the issue note).
