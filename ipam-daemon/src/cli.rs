@@ -62,6 +62,11 @@ pub struct Cli {
     #[arg(long = "ct-gc-interval", value_name = "SECONDS", default_value_t = 10)]
     pub ct_gc_interval: u64,
 
+    /// Read Namespace, Pod, NetworkPolicy (and Node) objects from the YAML/JSON files of this
+    /// directory and follow changes to it (no API server needed).
+    #[arg(long, value_name = "DIR")]
+    pub manifests: Option<PathBuf>,
+
     /// Log level filter (`info`, `debug`, `sluiced=debug,warn`...); RUST_LOG also works.
     #[arg(long = "log-level", env = "SLUICE_LOG", default_value = "info")]
     pub log_level: String,
@@ -86,6 +91,7 @@ pub struct Config {
     /// An unregistered lease (an ADD that never finished) older than this, whose veth does
     /// not exist, is released at start-up.
     pub stale_lease_after: Duration,
+    pub manifests: Option<PathBuf>,
 }
 
 impl Cli {
@@ -122,6 +128,7 @@ impl Cli {
             },
             ct_gc_interval: Duration::from_secs(self.ct_gc_interval.max(1)),
             stale_lease_after: Duration::from_secs(300),
+            manifests: self.manifests.clone(),
         })
     }
 }

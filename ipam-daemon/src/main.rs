@@ -10,6 +10,7 @@ mod ipam;
 mod locks;
 mod maintenance;
 mod node;
+mod policy;
 mod server;
 mod status;
 mod store;
@@ -146,6 +147,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         gateways.iter().any(|g| g.is_ipv6()),
     )?;
 
+    // Policy sources are read before anything is reconciled: a daemon restarting under deny
+    // policies must not open pods up even for a moment.
+    let mut manifest_dir = cfg
+        .manifests
+        .as_ref()
+        .map(|d| policy::manifests::ManifestDir::new(d));
+    let objects = match manifest_dir.as_mut() {
+        Some(m) => {
+            m.rescan();
+            m.merged()
+        }
+        None => Default::default(),
+    };
+    let engine = policy::PolicyEngine::new(&datapath.maps, objects);
+
     let mtu = cfg.mtu.unwrap_or(1500);
     let node = Arc::new(Node {
         cfg: cfg.clone(),
@@ -164,6 +180,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .map(|s| s.trim().to_owned())
             .unwrap_or_default(),
         ct_live: Default::default(),
+        policy: tokio::sync::Mutex::new(engine),
+        policy_names: Default::default(),
     });
     let summary = node.reconcile().await;
     tracing::info!(?summary, "reconciled state with the datapath");
@@ -178,6 +196,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     tokio::spawn(maintenance::conntrack_gc(node.clone(), cfg.ct_gc_interval));
     tokio::spawn(maintenance::pending_loop(node.clone()));
+    if let Some(m) = manifest_dir {
+        tokio::spawn(policy::manifests::watch(m, node.clone()));
+    }
 
     // Ready: the socket accepts connections from here on.
     let listener = server::bind(&cfg.socket)?;

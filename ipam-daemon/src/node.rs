@@ -135,6 +135,12 @@ pub struct Node {
     pub node_name: String,
     /// Live conntrack entries at the last garbage collection.
     pub ct_live: std::sync::atomic::AtomicU64,
+    /// NetworkPolicy: the model, the compiler's state and what the maps hold. Register and
+    /// policy changes take this lock, so a new endpoint's isolation and a policy update are
+    /// never written half-way past each other.
+    pub policy: tokio::sync::Mutex<crate::policy::PolicyEngine>,
+    /// Names of the policies by reference (for events), refreshed after every apply.
+    pub policy_names: std::sync::RwLock<Vec<String>>,
 }
 
 impl Node {
@@ -151,8 +157,75 @@ impl Node {
 
     /// Name of the policy behind a policy reference (empty when none).
     pub fn policy_name(&self, policy_ref: u32) -> String {
-        let _ = policy_ref;
-        String::new()
+        self.policy_names
+            .read()
+            .expect("policy names")
+            .get(policy_ref as usize)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The endpoint slot of a pod on this node.
+    pub fn endpoint_of_pod(&self, pod: &PodRef) -> Option<u32> {
+        let recs = self.records.lock().expect("records");
+        recs.values()
+            .find(|r| r.pod.as_ref() == Some(pod))
+            .and_then(|r| r.endpoint.as_ref().map(|e| e.ep_id))
+    }
+
+    /// This node's endpoints, as the policy compiler sees them.
+    pub fn policy_endpoints(&self) -> Vec<sluice_policy::compile::LocalEndpoint> {
+        let recs = self.records.lock().expect("records");
+        recs.values()
+            .filter_map(|r| {
+                let ep = r.endpoint.as_ref()?;
+                let (namespace, name) = match &r.pod {
+                    Some(p) => (p.namespace.clone(), p.name.clone()),
+                    None => ("default".to_owned(), r.attachment.container_id.clone()),
+                };
+                Some(sluice_policy::compile::LocalEndpoint {
+                    ep_id: ep.ep_id,
+                    namespace,
+                    name,
+                    ips: r.ips.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Recompile policy for the current endpoints and write the difference (caller holds the
+    /// policy lock).
+    pub fn apply_policy(&self, engine: &mut crate::policy::PolicyEngine) -> Result<(), ApiError> {
+        let eps = self.policy_endpoints();
+        let res = engine
+            .apply(&self.datapath.maps, &eps, &self.gateways)
+            .map(|_| ());
+        *self.policy_names.write().expect("policy names") = engine
+            .compiled
+            .policies
+            .iter()
+            .map(|(ns, n)| format!("{ns}/{n}"))
+            .collect();
+        res
+    }
+
+    /// New cluster objects from a source (manifests, the API server): apply them.
+    pub async fn set_policy_objects(&self, objects: sluice_policy::manifests::Objects) {
+        let mut engine = self.policy.lock().await;
+        engine.objects = objects;
+        let started = Instant::now();
+        match self.apply_policy(&mut engine) {
+            Ok(()) => tracing::info!(
+                ms = started.elapsed().as_secs_f64() * 1e3,
+                policies = engine.stats.policies,
+                entries = engine.stats.entries,
+                added = engine.stats.entries_added,
+                removed = engine.stats.entries_removed,
+                identities = engine.stats.identities,
+                "policy updated"
+            ),
+            Err(e) => tracing::error!(error = %e.message, "policy update not applied"),
+        }
     }
 
     pub fn is_ready(&self) -> bool {
@@ -274,10 +347,12 @@ impl Node {
                     format!("host interface {} does not exist", req.host_ifname),
                 )
             })?;
+        let mut policy = self.policy.lock().await;
         if let Some(ep) = &rec.endpoint {
             if ep.host_ifindex == link.index && ep.host_ifname == req.host_ifname {
                 // Same veth registered again (a retried ADD): make sure it is all in place.
-                self.wire(&rec, ep).await?;
+                self.apply_policy(&mut policy)?;
+                self.wire(&rec, ep, &policy).await?;
                 return Ok(sluice_api::Registered {
                     ep_id: ep.ep_id,
                     host_ifindex: ep.host_ifindex,
@@ -314,13 +389,21 @@ impl Node {
             self.slots.lock().expect("slots").free(ep_id);
             return Err(e);
         }
-        if let Err(e) = self.wire(&rec, &ep).await {
+        // Policy first (the new pod's isolation and everyone's entries for its identity),
+        // then the endpoint: its first packet already meets its policy.
+        let wired = match self.apply_policy(&mut policy) {
+            Ok(()) => self.wire(&rec, &ep, &policy).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = wired {
             let _ = self.unwire(&rec, &ep).await;
             rec.endpoint = None;
             let _ = self.persist(&rec);
             self.slots.lock().expect("slots").free(ep_id);
+            let _ = self.apply_policy(&mut policy);
             return Err(e);
         }
+        drop(policy);
         tracing::info!(attachment = %a, ifname = %ep.host_ifname, ep_id, ips = ?rec.ips, "registered");
         Ok(sluice_api::Registered {
             ep_id,
@@ -329,8 +412,28 @@ impl Node {
         })
     }
 
-    /// The datapath record of an endpoint.
-    pub fn local_endpoint(&self, rec: &AttachmentRecord, ep: &EndpointRecord) -> LocalEndpoint {
+    /// The datapath record of an endpoint (identity and isolation from the latest policy).
+    pub fn local_endpoint(
+        &self,
+        rec: &AttachmentRecord,
+        ep: &EndpointRecord,
+        policy: &crate::policy::PolicyEngine,
+    ) -> Vec<(IpAddr, LocalEndpoint)> {
+        let (flags, identities) = policy.endpoint_flags(ep.ep_id);
+        let base = self.local_endpoint_base(rec, ep);
+        rec.ips
+            .iter()
+            .map(|ip| {
+                let mut le = base;
+                le.flags |= flags;
+                le.identity = identities.get(ip).copied().unwrap_or(0);
+                (*ip, le)
+            })
+            .collect()
+    }
+
+    /// The datapath record of an endpoint without policy (flags of addresses only).
+    pub fn local_endpoint_base(&self, rec: &AttachmentRecord, ep: &EndpointRecord) -> LocalEndpoint {
         let mut le = LocalEndpoint {
             ifindex: ep.host_ifindex,
             ep_id: ep.ep_id,
@@ -364,11 +467,16 @@ impl Node {
     }
 
     /// Put an endpoint's datapath state in place (idempotent).
-    async fn wire(&self, rec: &AttachmentRecord, ep: &EndpointRecord) -> Result<(), ApiError> {
+    async fn wire(
+        &self,
+        rec: &AttachmentRecord,
+        ep: &EndpointRecord,
+        policy: &crate::policy::PolicyEngine,
+    ) -> Result<(), ApiError> {
         let dp = |e: crate::datapath::DatapathError| api_err(ErrorKind::Datapath, chain(&e));
-        let le = self.local_endpoint(rec, ep);
+        let les = self.local_endpoint(rec, ep, policy);
         self.datapath.maps.reset_stats(ep.ep_id).map_err(dp)?;
-        self.datapath.maps.put_endpoint(&le, &rec.ips).map_err(dp)?;
+        self.datapath.maps.put_endpoint(&les).map_err(dp)?;
         if !self.datapath.is_attached(&ep.host_ifname) {
             self.datapath.attach(&ep.host_ifname).map_err(dp)?;
         }
@@ -424,6 +532,11 @@ impl Node {
         rec.endpoint = None;
         self.persist(&rec)?;
         self.slots.lock().expect("slots").free(ep.ep_id);
+        let mut policy = self.policy.lock().await;
+        if let Err(e) = self.apply_policy(&mut policy) {
+            tracing::warn!(error = %e.message, "policy after deregister");
+        }
+        drop(policy);
         tracing::info!(attachment = %a, ifname = %ep.host_ifname, "deregistered");
         Ok(())
     }
@@ -452,7 +565,7 @@ impl Node {
         let mut problems = Vec::new();
         let endpoint = match &rec.endpoint {
             Some(ep) => {
-                let le = self.local_endpoint(&rec, ep);
+                let le = self.local_endpoint_base(&rec, ep);
                 match self.datapath.maps.endpoint_by_ifindex(ep.host_ifindex) {
                     Some(m) if m.pod_mac == le.pod_mac && m.ep_id == le.ep_id => {}
                     Some(_) => {
@@ -621,6 +734,10 @@ impl Node {
             }
         }
         *summary.entry("records").or_default() += recs.len();
+        let mut policy = self.policy.lock().await;
+        if let Err(e) = self.apply_policy(&mut policy) {
+            tracing::error!(error = %e.message, "policy at start-up");
+        }
         let mut live_ifnames = std::collections::HashSet::new();
         let mut live_ifindexes = std::collections::HashSet::new();
         for r in &recs {
@@ -629,7 +746,7 @@ impl Node {
                     let link = self.hostnet.link(&ep.host_ifname).await.ok().flatten();
                     match link {
                         Some(l) if l.index == ep.host_ifindex => {
-                            if let Err(e) = self.wire(r, ep).await {
+                            if let Err(e) = self.wire(r, ep, &policy).await {
                                 tracing::error!(attachment = %r.attachment, error = %e.message, "re-wiring endpoint");
                             }
                             live_ifnames.insert(ep.host_ifname.clone());
@@ -638,7 +755,10 @@ impl Node {
                         }
                         _ => {
                             tracing::info!(attachment = %r.attachment, ifname = %ep.host_ifname, "veth vanished while sluiced was away: releasing");
-                            if let Err(e) = self.teardown(&r.attachment).await {
+                            drop(policy);
+                            let torn = self.teardown(&r.attachment).await;
+                            policy = self.policy.lock().await;
+                            if let Err(e) = torn {
                                 tracing::error!(attachment = %r.attachment, error = %e.message, "teardown");
                             }
                             *summary.entry("endpoints_gone").or_default() += 1;
@@ -652,12 +772,18 @@ impl Node {
                     let veth = self.hostnet.link(&ifname).await.ok().flatten();
                     let age = now_unix().saturating_sub(r.allocated_at);
                     if veth.is_none() && age > self.cfg.stale_lease_after.as_secs() {
+                        drop(policy);
                         let _ = self.release(&r.attachment).await;
+                        policy = self.policy.lock().await;
                         *summary.entry("stale_leases_released").or_default() += 1;
                     }
                 }
             }
         }
+        if let Err(e) = self.apply_policy(&mut policy) {
+            tracing::error!(error = %e.message, "policy after reconcile");
+        }
+        drop(policy);
         // Datapath leftovers no record explains (a crash between steps of a teardown).
         for ifname in self.datapath.attached_interfaces() {
             if !live_ifnames.contains(&ifname) {

@@ -134,10 +134,11 @@ pub async fn handle(node: &Node, req: Request) -> Reply {
         Request::Gc { valid } => ok(node.gc(&valid).await),
         Request::Endpoints => ok(node.endpoints()),
         Request::Leases => ok(node.leases()),
-        Request::Policy { pod } => Reply::Error(api_err(
-            ErrorKind::BadRequest,
-            format!("no policy information for {}/{}", pod.namespace, pod.name),
-        )),
+        Request::Policy { pod } => {
+            let local = node.endpoint_of_pod(&pod);
+            let engine = node.policy.lock().await;
+            ok(crate::policy::explain::explain(&engine, &pod, local))
+        }
         Request::Monitor { .. } => unreachable!("handled by the connection"),
     };
     let ms = started.elapsed().as_secs_f64() * 1e3;

@@ -35,8 +35,16 @@ pub fn status(node: &Node) -> Status {
         attach_mode: "tcx".into(),
         maps,
         datapath_counters: node.datapath.maps.global_counters(),
-        policies: 0,
-        identities: 0,
+        policies: node
+            .policy
+            .try_lock()
+            .map(|p| p.stats.policies as u64)
+            .unwrap_or(0),
+        identities: node
+            .policy
+            .try_lock()
+            .map(|p| p.stats.identities as u64)
+            .unwrap_or(0),
         uptime_s: node.started.elapsed().as_secs(),
     }
 }

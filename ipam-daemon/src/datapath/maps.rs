@@ -2,7 +2,10 @@
 
 use std::{collections::BTreeMap, net::IpAddr, sync::Mutex};
 
-use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::LpmTrie};
+use aya::maps::{
+    Array, HashMap, MapData, MapError, PerCpuArray, RingBuf,
+    lpm_trie::{Key, LpmTrie},
+};
 use sluice_common::{
     conntrack::{CtEntry, CtKey},
     endpoint::{DatapathConfig, IpInfo, LocalEndpoint, RemoteNode},
@@ -73,6 +76,20 @@ pub fn ip_from128(a: &IpAddr128) -> IpAddr {
     }
 }
 
+/// An LPM key for a prefix (IPv4 prefixes live under ::ffff:0:0/96).
+pub fn prefix_key(net: ipnetwork::IpNetwork) -> Key<IpPrefixData> {
+    let len = match net {
+        ipnetwork::IpNetwork::V4(n) => 96 + n.prefix() as u32,
+        ipnetwork::IpNetwork::V6(n) => n.prefix() as u32,
+    };
+    Key::new(
+        len,
+        IpPrefixData {
+            bytes: ip128(net.network()).to_bytes(),
+        },
+    )
+}
+
 pub struct DatapathMaps {
     endpoints: Mutex<HashMap<MapData, IpAddr128, LocalEndpoint>>,
     ifaces: Mutex<HashMap<MapData, u32, LocalEndpoint>>,
@@ -135,16 +152,20 @@ impl DatapathMaps {
         })
     }
 
-    /// Write a local endpoint under its ifindex and each of its addresses. The address
-    /// entries go last: until they exist no other pod's program redirects to this one.
-    pub fn put_endpoint(&self, ep: &LocalEndpoint, ips: &[IpAddr]) -> Result<(), DatapathError> {
+    /// Write a local endpoint under its ifindex and each of its addresses (one record per
+    /// address: the identity may differ per family). The address entries go last: until they
+    /// exist no other pod's program redirects to this one.
+    pub fn put_endpoint(&self, per_ip: &[(IpAddr, LocalEndpoint)]) -> Result<(), DatapathError> {
+        let Some((_, first)) = per_ip.first() else {
+            return Ok(());
+        };
         self.ifaces
             .lock()
             .expect("map lock")
-            .insert(ep.ifindex, ep, 0)
+            .insert(first.ifindex, first, 0)
             .map_err(map_err(names::IFACES))?;
         let mut m = self.endpoints.lock().expect("map lock");
-        for ip in ips {
+        for (ip, ep) in per_ip {
             m.insert(ip128(*ip), ep, 0).map_err(map_err(names::ENDPOINTS))?;
         }
         Ok(())
@@ -259,6 +280,113 @@ impl DatapathMaps {
 
     pub fn take_events(&self) -> Option<RingBuf<MapData>> {
         self.events.lock().expect("map lock").take()
+    }
+
+    // ---- policy and identities -------------------------------------------------------
+
+    pub fn policy_insert(&self, key: &Key<PolicyKeyData>, v: &PolicyValue) -> Result<(), DatapathError> {
+        self.policy
+            .lock()
+            .expect("map lock")
+            .insert(key, v, 0)
+            .map_err(map_err(names::POLICY))
+    }
+
+    pub fn policy_remove(&self, key: &Key<PolicyKeyData>) -> Result<(), DatapathError> {
+        match self.policy.lock().expect("map lock").remove(key) {
+            Err(e) if !not_found(&e) => Err(map_err(names::POLICY)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn policy_entries(&self) -> Vec<(Key<PolicyKeyData>, PolicyValue)> {
+        let m = self.policy.lock().expect("map lock");
+        m.iter().filter_map(Result::ok).collect()
+    }
+
+    pub fn ipcache_insert(&self, key: &Key<IpPrefixData>, v: &IpInfo) -> Result<(), DatapathError> {
+        self.ipcache
+            .lock()
+            .expect("map lock")
+            .insert(key, v, 0)
+            .map_err(map_err(names::IPCACHE))
+    }
+
+    pub fn ipcache_remove(&self, key: &Key<IpPrefixData>) -> Result<(), DatapathError> {
+        match self.ipcache.lock().expect("map lock").remove(key) {
+            Err(e) if !not_found(&e) => Err(map_err(names::IPCACHE)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn ipcache_entries(&self) -> Vec<(Key<IpPrefixData>, IpInfo)> {
+        let m = self.ipcache.lock().expect("map lock");
+        m.iter().filter_map(Result::ok).collect()
+    }
+
+    // ---- remote nodes ----------------------------------------------------------------
+
+    pub fn node_insert(&self, key: &Key<IpPrefixData>, v: &RemoteNode) -> Result<(), DatapathError> {
+        self.nodes
+            .lock()
+            .expect("map lock")
+            .insert(key, v, 0)
+            .map_err(map_err(names::NODES))
+    }
+
+    pub fn node_remove(&self, key: &Key<IpPrefixData>) -> Result<(), DatapathError> {
+        match self.nodes.lock().expect("map lock").remove(key) {
+            Err(e) if !not_found(&e) => Err(map_err(names::NODES)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn node_entries(&self) -> Vec<(Key<IpPrefixData>, RemoteNode)> {
+        let m = self.nodes.lock().expect("map lock");
+        m.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Rewrite the identity (per address) and isolation flags of a local endpoint that is in
+    /// the maps; endpoints not (yet) in the maps are skipped. Returns whether anything changed.
+    pub fn update_endpoint_policy(
+        &self,
+        ifindex: u32,
+        identities: &[(IpAddr, u32)],
+        isolation: u32,
+    ) -> Result<bool, DatapathError> {
+        use sluice_common::endpoint::{EP_F_EGRESS_ISOLATED, EP_F_INGRESS_ISOLATED};
+        let mask = EP_F_INGRESS_ISOLATED | EP_F_EGRESS_ISOLATED;
+        let mut changed = false;
+        {
+            let mut m = self.ifaces.lock().expect("map lock");
+            if let Ok(mut ep) = m.get(&ifindex, 0) {
+                let flags = (ep.flags & !mask) | isolation;
+                let identity = identities.first().map(|(_, i)| *i).unwrap_or(ep.identity);
+                if ep.flags != flags || ep.identity != identity {
+                    ep.flags = flags;
+                    ep.identity = identity;
+                    m.insert(ifindex, ep, 0).map_err(map_err(names::IFACES))?;
+                    changed = true;
+                }
+            }
+        }
+        let mut m = self.endpoints.lock().expect("map lock");
+        for (ip, identity) in identities {
+            let key = ip128(*ip);
+            if let Ok(mut ep) = m.get(&key, 0) {
+                if ep.ifindex != ifindex {
+                    continue;
+                }
+                let flags = (ep.flags & !mask) | isolation;
+                if ep.flags != flags || ep.identity != *identity {
+                    ep.flags = flags;
+                    ep.identity = *identity;
+                    m.insert(key, ep, 0).map_err(map_err(names::ENDPOINTS))?;
+                    changed = true;
+                }
+            }
+        }
+        Ok(changed)
     }
 
     // ---- conntrack -------------------------------------------------------------------

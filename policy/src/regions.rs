@@ -1,0 +1,143 @@
+//! ipBlock regions. Every `ipBlock` (`cidr` minus `except`) of every policy cuts the address
+//! space; the boundaries (each cidr and except prefix, plus the IPv4 and IPv6 roots) become
+//! LPM prefixes. All addresses whose longest matching boundary is the same prefix lie in the
+//! same set of ipBlocks, so one LPM lookup tells which ipBlocks an address is in:
+//!
+//! an address `x` whose longest match is `p` is inside block `b` exactly when `p` lies inside
+//! `b.cidr` and inside none of `b.except`. (If `b.cidr` were narrower than `p` and held `x`, it
+//! would be a longer match; likewise for an except.)
+
+use std::{collections::BTreeSet, net::IpAddr};
+
+use ipnetwork::IpNetwork;
+
+/// One ipBlock, parsed. Invalid CIDRs make the block match nothing (it is dropped).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Block {
+    pub cidr: IpNetwork,
+    pub except: Vec<IpNetwork>,
+}
+
+impl Block {
+    pub fn parse(cidr: &str, except: &[String]) -> Option<Self> {
+        let cidr = normalise(cidr.parse().ok()?);
+        // An except entry that does not parse cannot be honoured: refuse the whole block
+        // rather than allow more than the policy meant.
+        let except = except
+            .iter()
+            .map(|e| e.parse::<IpNetwork>().ok().map(normalise))
+            .collect::<Option<Vec<_>>>()?;
+        Some(Self { cidr, except })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.cidr.contains(ip) && !self.except.iter().any(|e| e.contains(ip))
+    }
+}
+
+/// The network address with host bits cleared.
+pub fn normalise(n: IpNetwork) -> IpNetwork {
+    IpNetwork::new(n.network(), n.prefix()).expect("same prefix")
+}
+
+/// `inner` lies inside `outer` (same family).
+pub fn within(inner: &IpNetwork, outer: &IpNetwork) -> bool {
+    inner.is_ipv4() == outer.is_ipv4() && inner.prefix() >= outer.prefix() && outer.contains(inner.network())
+}
+
+/// The cut of the address space by a set of blocks.
+pub struct Regions {
+    /// Every boundary prefix, each with the set of blocks (indexes into `blocks`) it lies in.
+    pub prefixes: Vec<(IpNetwork, BTreeSet<usize>)>,
+    pub blocks: Vec<Block>,
+}
+
+impl Regions {
+    pub fn new(blocks: Vec<Block>) -> Self {
+        let mut boundaries: BTreeSet<IpNetwork> = BTreeSet::new();
+        boundaries.insert("0.0.0.0/0".parse().expect("literal"));
+        boundaries.insert("::/0".parse().expect("literal"));
+        for b in &blocks {
+            boundaries.insert(b.cidr);
+            boundaries.extend(b.except.iter().copied());
+        }
+        let prefixes = boundaries
+            .into_iter()
+            .map(|p| {
+                let inside = blocks
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, b)| within(&p, &b.cidr) && !b.except.iter().any(|e| within(&p, e)))
+                    .map(|(i, _)| i)
+                    .collect();
+                (p, inside)
+            })
+            .collect();
+        Self { prefixes, blocks }
+    }
+
+    /// The blocks an address is in (by longest match, as the datapath will find it).
+    pub fn of(&self, ip: IpAddr) -> BTreeSet<usize> {
+        self.prefixes
+            .iter()
+            .filter(|(p, _)| p.is_ipv4() == ip.is_ipv4() && p.contains(ip))
+            .max_by_key(|(p, _)| p.prefix())
+            .map(|(_, s)| s.clone())
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn block(c: &str, ex: &[&str]) -> Block {
+        Block::parse(c, &ex.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
+    }
+
+    #[test]
+    fn except_is_carved_out_and_families_stay_apart() {
+        let r = Regions::new(vec![block("10.0.0.0/8", &["10.1.0.0/16"]), block("::/0", &[])]);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(r.of(ip("10.2.3.4")), [0].into());
+        assert!(r.of(ip("10.1.3.4")).is_empty());
+        assert!(r.of(ip("11.0.0.1")).is_empty());
+        assert_eq!(r.of(ip("fd00::1")), [1].into(), "::/0 holds IPv6 ...");
+        assert!(!r.of(ip("1.2.3.4")).contains(&1), "... but no IPv4");
+    }
+
+    #[test]
+    fn bad_cidrs_drop_the_block() {
+        assert!(Block::parse("10.0.0.0/33", &[]).is_none());
+        assert!(Block::parse("10.0.0.0/8", &["nope".into()]).is_none());
+    }
+
+    fn arb_block() -> impl Strategy<Value = Block> {
+        (
+            any::<[u8; 2]>(),
+            4u8..=24,
+            prop::collection::vec((any::<[u8; 2]>(), 8u8..=28), 0..3),
+        )
+            .prop_map(|(a, len, ex)| {
+                let cidr = normalise(format!("10.{}.{}.0/{len}", a[0] % 4, a[1]).parse().unwrap());
+                let except = ex
+                    .into_iter()
+                    .map(|(e, l)| normalise(format!("10.{}.{}.0/{l}", e[0] % 4, e[1]).parse().unwrap()))
+                    .collect();
+                Block { cidr, except }
+            })
+    }
+
+    proptest! {
+        /// The longest-match answer equals asking every block directly.
+        #[test]
+        fn regions_agree_with_blocks(blocks in prop::collection::vec(arb_block(), 1..6), probe in any::<[u8; 3]>()) {
+            let ip: IpAddr = format!("10.{}.{}.{}", probe[0] % 4, probe[1], probe[2]).parse().unwrap();
+            let r = Regions::new(blocks.clone());
+            let direct: BTreeSet<usize> = blocks.iter().enumerate().filter(|(_, b)| b.contains(ip)).map(|(i, _)| i).collect();
+            prop_assert_eq!(r.of(ip), direct);
+        }
+    }
+}
