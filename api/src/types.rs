@@ -199,6 +199,15 @@ pub struct Status {
     pub datapath_counters: std::collections::BTreeMap<String, u64>,
     pub policies: u64,
     pub identities: u64,
+    /// Policy updates applied since start (each change of the cluster objects seen).
+    #[serde(default)]
+    pub policy_revision: u64,
+    /// `SL_CONFIG`'s policy generation (bumped when the maps' policy changes).
+    #[serde(default)]
+    pub policy_generation: u32,
+    /// Allow entries in `SL_POLICY`.
+    #[serde(default)]
+    pub policy_entries: u64,
     pub uptime_s: u64,
 }
 

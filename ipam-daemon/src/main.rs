@@ -182,6 +182,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         ct_live: Default::default(),
         policy: tokio::sync::Mutex::new(engine),
         policy_names: Default::default(),
+        policy_revision: Default::default(),
     });
     let summary = node.reconcile().await;
     tracing::info!(?summary, "reconciled state with the datapath");

@@ -141,6 +141,8 @@ pub struct Node {
     pub policy: tokio::sync::Mutex<crate::policy::PolicyEngine>,
     /// Names of the policies by reference (for events), refreshed after every apply.
     pub policy_names: std::sync::RwLock<Vec<String>>,
+    /// Object updates applied (see `set_policy_objects`).
+    pub policy_revision: std::sync::atomic::AtomicU64,
 }
 
 impl Node {
@@ -226,6 +228,8 @@ impl Node {
             ),
             Err(e) => tracing::error!(error = %e.message, "policy update not applied"),
         }
+        self.policy_revision
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     pub fn is_ready(&self) -> bool {

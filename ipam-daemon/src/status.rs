@@ -45,6 +45,13 @@ pub fn status(node: &Node) -> Status {
             .try_lock()
             .map(|p| p.stats.identities as u64)
             .unwrap_or(0),
+        policy_revision: node.policy_revision.load(std::sync::atomic::Ordering::Acquire),
+        policy_generation: node.datapath.maps.config().policy_gen,
+        policy_entries: node
+            .policy
+            .try_lock()
+            .map(|p| p.stats.entries as u64)
+            .unwrap_or(0),
         uptime_s: node.started.elapsed().as_secs(),
     }
 }

@@ -99,8 +99,9 @@ pub fn policy_types(p: &NetworkPolicy) -> (bool, bool) {
     }
 }
 
-fn selects(p: &NetworkPolicy, namespace: &str, labels: &Labels) -> bool {
-    p.metadata.namespace.as_deref().unwrap_or("default") == namespace
+/// Does policy `p` (of namespace `policy_ns`) select a pod of `namespace` with `labels`?
+pub fn selects(p: &NetworkPolicy, policy_ns: &str, namespace: &str, labels: &Labels) -> bool {
+    policy_ns == namespace
         && p.spec
             .as_ref()
             .and_then(|s| s.pod_selector.as_ref())
@@ -153,7 +154,9 @@ impl Ctx<'_> {
             return v.clone();
         }
         let out: Vec<u32> = if peer.ip_block.is_some() {
-            match peer_block(peer) {
+            // ipBlock with a selector beside it is invalid: it matches nothing.
+            let with_selector = peer.pod_selector.is_some() || peer.namespace_selector.is_some();
+            match peer_block(peer).filter(|_| !with_selector) {
                 Some(b) => self
                     .all
                     .iter()
@@ -472,7 +475,7 @@ pub fn compile(input: &Input<'_>, ids: &mut Identities) -> Compiled {
             selected_by: Vec::new(),
         };
         for (pref, ((ns, _), p)) in policies.iter().enumerate() {
-            if !selects(p, &pod.namespace, &pod.labels) {
+            if !selects(p, ns, &pod.namespace, &pod.labels) {
                 continue;
             }
             ep_policy.selected_by.push(pref);
@@ -584,15 +587,14 @@ impl Compiled {
                 return false;
             }
         }
-        if let Some((ep, _)) = self.local_ips.get(&dst) {
-            if self.endpoints[ep].ingress_isolated
-                && !(src_host || from_node)
-                && self
-                    .allows(*ep, Direction::Ingress, src_id, proto, port)
-                    .is_none()
-            {
-                return false;
-            }
+        if let Some((ep, _)) = self.local_ips.get(&dst)
+            && self.endpoints[ep].ingress_isolated
+            && !(src_host || from_node)
+            && self
+                .allows(*ep, Direction::Ingress, src_id, proto, port)
+                .is_none()
+        {
+            return false;
         }
         true
     }

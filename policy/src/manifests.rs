@@ -76,10 +76,10 @@ pub fn pod_info(p: &Pod) -> Option<PodInfo> {
                 ips.push(a);
             }
         }
-        if ips.is_empty() {
-            if let Some(Ok(a)) = st.pod_ip.as_ref().map(|s| s.parse()) {
-                ips.push(a);
-            }
+        if ips.is_empty()
+            && let Some(Ok(a)) = st.pod_ip.as_ref().map(|s| s.parse())
+        {
+            ips.push(a);
         }
     }
     let mut ports = Vec::new();
@@ -132,50 +132,72 @@ pub fn node_info(n: &Node) -> Option<NodeInfo> {
     })
 }
 
-fn add_document(out: &mut Objects, index: usize, doc: Value) -> Result<(), ManifestError> {
-    let kind = doc
-        .get("kind")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
-    let name = doc
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
-    let err = |msg: String| ManifestError::Object {
-        index,
-        kind: kind.clone(),
-        name: name.clone(),
-        msg,
-    };
-    match kind.as_str() {
-        "List" => {
-            for item in doc
-                .get("items")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default()
-            {
-                add_document(out, index, item)?;
-            }
+/// Just the kind of a document.
+#[derive(serde::Deserialize)]
+struct KindOnly {
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    metadata: Option<NameOnly>,
+}
+
+#[derive(serde::Deserialize)]
+struct NameOnly {
+    #[serde(default)]
+    name: Option<String>,
+}
+
+/// `kind: List`: its items are read untyped (YAML 1.1 scalars like `y` inside list items
+/// need quoting, as with any untyped YAML reader).
+#[derive(serde::Deserialize)]
+struct ListDoc {
+    #[serde(default)]
+    items: Vec<Value>,
+}
+
+fn options() -> serde_saphyr::Options {
+    serde_saphyr::options! { strict_booleans: true }
+}
+
+fn typed<T: serde::de::DeserializeOwned>(doc: &str) -> Result<T, String> {
+    serde_saphyr::from_str_with_options(doc, options()).map_err(|e| e.to_string())
+}
+
+fn add_object(
+    out: &mut Objects,
+    kind: &str,
+    obj: Result<Value, String>,
+    doc: Option<&str>,
+    err: &dyn Fn(String) -> ManifestError,
+) -> Result<(), ManifestError> {
+    // Typed straight from the YAML text when we have it (so a field's type decides how a
+    // scalar is read, as kubectl does), else from the untyped value.
+    fn get<T: serde::de::DeserializeOwned>(
+        obj: &Result<Value, String>,
+        doc: Option<&str>,
+    ) -> Result<T, String> {
+        match doc {
+            Some(d) => typed(d),
+            None => serde_json::from_value(obj.clone()?).map_err(|e| e.to_string()),
         }
+    }
+    match kind {
         "Namespace" => {
-            let n: Namespace = serde_json::from_value(doc).map_err(|e| err(e.to_string()))?;
+            let n: Namespace = get(&obj, doc).map_err(err)?;
             let name = n.metadata.name.ok_or_else(|| err("no metadata.name".into()))?;
             out.state
                 .namespaces
                 .insert(name, n.metadata.labels.unwrap_or_default());
         }
         "Pod" => {
-            let p: Pod = serde_json::from_value(doc).map_err(|e| err(e.to_string()))?;
+            let p: Pod = get(&obj, doc).map_err(err)?;
             let info = pod_info(&p).ok_or_else(|| err("no metadata.name".into()))?;
             out.state
                 .pods
                 .insert((info.namespace.clone(), info.name.clone()), info);
         }
         "NetworkPolicy" => {
-            let mut p: NetworkPolicy = serde_json::from_value(doc).map_err(|e| err(e.to_string()))?;
+            let mut p: NetworkPolicy = get(&obj, doc).map_err(err)?;
             let name = p
                 .metadata
                 .name
@@ -186,7 +208,7 @@ fn add_document(out: &mut Objects, index: usize, doc: Value) -> Result<(), Manif
             out.state.policies.insert((ns, name), p);
         }
         "Node" => {
-            let n: Node = serde_json::from_value(doc).map_err(|e| err(e.to_string()))?;
+            let n: Node = get(&obj, doc).map_err(err)?;
             let info = node_info(&n).ok_or_else(|| err("no metadata.name".into()))?;
             out.nodes.insert(info.name.clone(), info);
         }
@@ -195,17 +217,60 @@ fn add_document(out: &mut Objects, index: usize, doc: Value) -> Result<(), Manif
     Ok(())
 }
 
+/// Split a YAML stream into documents at `---` markers (a marker at the start of a line
+/// always starts a document, even inside a block scalar).
+fn documents(text: &str) -> Vec<String> {
+    let mut docs = vec![String::new()];
+    for line in text.lines() {
+        let marker = line == "---" || line.starts_with("--- ") || line.starts_with("---\t");
+        if marker {
+            docs.push(line[3..].to_owned());
+            docs.last_mut().expect("pushed").push('\n');
+        } else if line == "..." {
+            docs.push(String::new());
+        } else {
+            let d = docs.last_mut().expect("non-empty");
+            d.push_str(line);
+            d.push('\n');
+        }
+    }
+    docs
+}
+
 /// Parse one file's text. Any error rejects the whole file (the caller keeps what it had
 /// before, so a half-written file never drops policies).
 pub fn parse(text: &str) -> Result<Objects, ManifestError> {
-    let docs: Vec<Value> =
-        serde_saphyr::from_multiple(text).map_err(|e| ManifestError::Yaml(e.to_string()))?;
     let mut out = Objects::default();
-    for (i, doc) in docs.into_iter().enumerate() {
-        if doc.is_null() {
+    for (index, doc) in documents(text).iter().enumerate() {
+        if doc
+            .lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+        {
             continue;
         }
-        add_document(&mut out, i, doc)?;
+        let head: Option<KindOnly> = typed(doc).map_err(ManifestError::Yaml)?;
+        let Some(head) = head else { continue };
+        let kind = head.kind.unwrap_or_default();
+        let name = head.metadata.and_then(|m| m.name).unwrap_or_default();
+        let err = |msg: String| ManifestError::Object {
+            index,
+            kind: kind.clone(),
+            name: name.clone(),
+            msg,
+        };
+        if kind == "List" {
+            let list: ListDoc = typed(doc).map_err(&err)?;
+            for item in list.items {
+                let k = item
+                    .get("kind")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                add_object(&mut out, &k, Ok(item), None, &err)?;
+            }
+        } else {
+            add_object(&mut out, &kind, Err(String::new()), Some(doc), &err)?;
+        }
     }
     Ok(out)
 }
@@ -268,6 +333,12 @@ status:
         let n = &o.nodes["n2"];
         assert_eq!(n.pod_cidrs.len(), 2);
         assert_eq!(n.internal_ips, vec!["192.168.50.2".parse::<IpAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn yaml_1_1_booleans_stay_strings() {
+        let o = parse("kind: Namespace\nmetadata: {name: y, labels: {a: no, b: on}}\n").unwrap();
+        assert_eq!(o.state.namespaces["y"]["a"], "no");
     }
 
     #[test]

@@ -76,6 +76,9 @@ pub fn resolve(p: &NetworkPolicyPort, dest_ports: Option<&[ContainerPort]>) -> O
             v
         }
         (Some(IntOrString::String(name)), None) => {
+            if name.is_empty() {
+                return None;
+            }
             let port = dest_ports?
                 .iter()
                 .find(|c| c.name.as_deref() == Some(name.as_str()) && c.protocol == protocol)?

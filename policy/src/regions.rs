@@ -18,15 +18,21 @@ pub struct Block {
     pub except: Vec<IpNetwork>,
 }
 
+/// `address/prefix`, strictly: a bare address or a signed prefix is not a CIDR.
+fn parse_cidr(s: &str) -> Option<IpNetwork> {
+    let (_, len) = s.split_once('/')?;
+    if len.is_empty() || !len.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok().map(normalise)
+}
+
 impl Block {
     pub fn parse(cidr: &str, except: &[String]) -> Option<Self> {
-        let cidr = normalise(cidr.parse().ok()?);
+        let cidr = parse_cidr(cidr)?;
         // An except entry that does not parse cannot be honoured: refuse the whole block
         // rather than allow more than the policy meant.
-        let except = except
-            .iter()
-            .map(|e| e.parse::<IpNetwork>().ok().map(normalise))
-            .collect::<Option<Vec<_>>>()?;
+        let except = except.iter().map(|e| parse_cidr(e)).collect::<Option<Vec<_>>>()?;
         Some(Self { cidr, except })
     }
 

@@ -6,12 +6,14 @@ use crate::model::Labels;
 
 /// Does `sel` select an object with `labels`? `matchLabels` and every expression must hold;
 /// an empty selector selects everything. `NotIn` and `DoesNotExist` hold for objects that lack
-/// the key; `In` with no values selects nothing; an unknown operator selects nothing.
+/// the key. Requirements the API server would reject (`In`/`NotIn` without values,
+/// `Exists`/`DoesNotExist` with values, unknown operators) select nothing: a malformed
+/// manifest never selects more than it says.
 pub fn matches(sel: &LabelSelector, labels: &Labels) -> bool {
-    if let Some(ml) = &sel.match_labels {
-        if ml.iter().any(|(k, v)| labels.get(k) != Some(v)) {
-            return false;
-        }
+    if let Some(ml) = &sel.match_labels
+        && ml.iter().any(|(k, v)| labels.get(k) != Some(v))
+    {
+        return false;
     }
     let Some(exprs) = &sel.match_expressions else {
         return true;
@@ -20,10 +22,10 @@ pub fn matches(sel: &LabelSelector, labels: &Labels) -> bool {
         let values = e.values.as_deref().unwrap_or_default();
         let value = labels.get(&e.key);
         match e.operator.as_str() {
-            "In" => value.is_some_and(|v| values.contains(v)),
-            "NotIn" => value.is_none_or(|v| !values.contains(v)),
-            "Exists" => value.is_some(),
-            "DoesNotExist" => value.is_none(),
+            "In" => !values.is_empty() && value.is_some_and(|v| values.contains(v)),
+            "NotIn" => !values.is_empty() && value.is_none_or(|v| !values.contains(v)),
+            "Exists" => values.is_empty() && value.is_some(),
+            "DoesNotExist" => values.is_empty() && value.is_none(),
             _ => false,
         }
     })
