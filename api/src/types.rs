@@ -194,6 +194,9 @@ pub struct Status {
     pub features: Vec<String>,
     /// How the programs are attached: `tcx` or `clsact`.
     pub attach_mode: String,
+    /// Endpoints still on their first (clsact) attachment, waiting to move to tcx.
+    #[serde(default)]
+    pub clsact_endpoints: u64,
     pub maps: Vec<MapFill>,
     /// Program run counters and other datapath-wide counters.
     pub datapath_counters: std::collections::BTreeMap<String, u64>,

@@ -10,6 +10,7 @@ use netlink_packet_route::{
     address::{AddressAttribute, AddressFlags},
     link::LinkAttribute,
     route::RouteScope,
+    tc::{TcAttribute, TcHandle},
 };
 use rtnetlink::{Handle, LinkDummy, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
@@ -87,6 +88,49 @@ impl HostNet {
             Ok(None) => Ok(None),
             Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
             Err(e) => Err(nl(format!("get link {name}"))(e)),
+        }
+    }
+
+    /// Does this interface have a clsact qdisc (sluice's first attachment)?
+    pub async fn has_clsact(&self, index: u32) -> Result<bool, HostNetError> {
+        let mut qdiscs = self.handle.qdisc().get().index(index as i32).execute();
+        loop {
+            match qdiscs.try_next().await {
+                Ok(Some(m)) => {
+                    let clsact = m
+                        .attributes
+                        .iter()
+                        .any(|a| matches!(a, TcAttribute::Kind(k) if k == "clsact"));
+                    if m.header.index == index as i32 && clsact {
+                        return Ok(true);
+                    }
+                }
+                Ok(None) => return Ok(false),
+                Err(e) if errno(&e) == Some(libc::ENODEV) => return Ok(false),
+                Err(e) => return Err(nl(format!("list qdiscs of ifindex {index}"))(e)),
+            }
+        }
+    }
+
+    /// Remove the clsact qdisc (and with it any filter left). Absent is fine.
+    pub async fn delete_clsact(&self, index: u32) -> Result<(), HostNetError> {
+        let mut req = self.handle.qdisc().del(index as i32);
+        req.message_mut().header.parent = TcHandle::CLSACT;
+        req.message_mut().header.handle = TcHandle {
+            major: 0xffff,
+            minor: 0,
+        };
+        match req.execute().await {
+            Ok(()) => Ok(()),
+            Err(e)
+                if matches!(
+                    errno(&e),
+                    Some(libc::ENOENT) | Some(libc::EINVAL) | Some(libc::ENODEV)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(nl(format!("delete clsact of ifindex {index}"))(e)),
         }
     }
 

@@ -1,6 +1,7 @@
 //! `sluiced`, the sluice node daemon. See `cli.rs` for its flags and the README for the
 //! architecture.
 
+mod attach;
 mod cli;
 mod datapath;
 mod events;
@@ -170,7 +171,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         records: Mutex::new(HashMap::new()),
         slots: Mutex::new(Slots::default()),
         store,
-        datapath,
+        datapath: Arc::new(datapath),
+        tcx_pending: Default::default(),
+        tcx_wake: Default::default(),
         hostnet,
         gateways,
         mtu,
@@ -183,6 +186,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         policy: tokio::sync::Mutex::new(engine),
         policy_names: Default::default(),
         policy_revision: Default::default(),
+        activity: Mutex::new(Instant::now()),
     });
     let summary = node.reconcile().await;
     tracing::info!(?summary, "reconciled state with the datapath");
@@ -197,6 +201,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     tokio::spawn(maintenance::conntrack_gc(node.clone(), cfg.ct_gc_interval));
     tokio::spawn(maintenance::pending_loop(node.clone()));
+    tokio::spawn(attach::to_tcx(node.clone()));
     if let Some(m) = manifest_dir {
         tokio::spawn(policy::manifests::watch(m, node.clone()));
     }

@@ -126,7 +126,10 @@ pub struct Node {
     pub records: Mutex<HashMap<Attachment, AttachmentRecord>>,
     pub slots: Mutex<Slots>,
     pub store: Store,
-    pub datapath: Datapath,
+    pub datapath: std::sync::Arc<Datapath>,
+    /// Endpoints still on their first (clsact) attachment, to move to tcx links when idle.
+    pub tcx_pending: Mutex<std::collections::BTreeMap<u32, String>>,
+    pub tcx_wake: tokio::sync::Notify,
     pub hostnet: HostNet,
     pub gateways: Vec<IpAddr>,
     pub mtu: u32,
@@ -143,6 +146,8 @@ pub struct Node {
     pub policy_names: std::sync::RwLock<Vec<String>>,
     /// Object updates applied (see `set_policy_objects`).
     pub policy_revision: std::sync::atomic::AtomicU64,
+    /// When an ADD/DEL-related request was last served (the pool refills when it is long ago).
+    pub activity: Mutex<Instant>,
 }
 
 impl Node {
@@ -230,6 +235,15 @@ impl Node {
         }
         self.policy_revision
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Note that a request is being served now.
+    pub fn touch(&self) {
+        *self.activity.lock().expect("activity") = Instant::now();
+    }
+
+    pub fn last_activity(&self) -> Instant {
+        *self.activity.lock().expect("activity")
     }
 
     pub fn is_ready(&self) -> bool {
@@ -481,9 +495,7 @@ impl Node {
         let les = self.local_endpoint(rec, ep, policy);
         self.datapath.maps.reset_stats(ep.ep_id).map_err(dp)?;
         self.datapath.maps.put_endpoint(&les).map_err(dp)?;
-        if !self.datapath.is_attached(&ep.host_ifname) {
-            self.datapath.attach(&ep.host_ifname).map_err(dp)?;
-        }
+        crate::attach::first_attach(self, &ep.host_ifname, ep.host_ifindex).await?;
         for ip in &rec.ips {
             self.hostnet
                 .add_pod_route(*ip, ep.host_ifindex, self.gateway_for(ip))
@@ -516,8 +528,8 @@ impl Node {
         if let Err(e) = self.datapath.maps.remove_endpoint(ep.host_ifindex, &mine) {
             first.get_or_insert(api_err(ErrorKind::Datapath, chain(&e)));
         }
-        if let Err(e) = self.datapath.detach(&ep.host_ifname) {
-            first.get_or_insert(api_err(ErrorKind::Datapath, chain(&e)));
+        if let Err(e) = crate::attach::detach(self, ep.host_ifindex).await {
+            first.get_or_insert(e);
         }
         match first {
             Some(e) => Err(e),
@@ -587,7 +599,7 @@ impl Node {
                         Err(e) => problems.push(e.to_string()),
                     }
                 }
-                if !self.datapath.is_attached(&ep.host_ifname) {
+                if !crate::attach::is_attached(self, ep.host_ifindex).await {
                     problems.push(format!("programs not attached to {}", ep.host_ifname));
                 }
                 match self.hostnet.link(&ep.host_ifname).await {
@@ -742,7 +754,7 @@ impl Node {
         if let Err(e) = self.apply_policy(&mut policy) {
             tracing::error!(error = %e.message, "policy at start-up");
         }
-        let mut live_ifnames = std::collections::HashSet::new();
+
         let mut live_ifindexes = std::collections::HashSet::new();
         for r in &recs {
             match &r.endpoint {
@@ -753,7 +765,6 @@ impl Node {
                             if let Err(e) = self.wire(r, ep, &policy).await {
                                 tracing::error!(attachment = %r.attachment, error = %e.message, "re-wiring endpoint");
                             }
-                            live_ifnames.insert(ep.host_ifname.clone());
                             live_ifindexes.insert(ep.host_ifindex);
                             *summary.entry("endpoints_kept").or_default() += 1;
                         }
@@ -789,9 +800,9 @@ impl Node {
         }
         drop(policy);
         // Datapath leftovers no record explains (a crash between steps of a teardown).
-        for ifname in self.datapath.attached_interfaces() {
-            if !live_ifnames.contains(&ifname) {
-                let _ = self.datapath.detach(&ifname);
+        for ifindex in self.datapath.attached_interfaces() {
+            if !live_ifindexes.contains(&ifindex) {
+                let _ = self.datapath.detach(ifindex);
                 *summary.entry("orphan_links_removed").or_default() += 1;
             }
         }

@@ -99,6 +99,16 @@ async fn connection(stream: UnixStream, node: Arc<Node>, hub: Arc<EventHub>) -> 
 pub async fn handle(node: &Node, req: Request) -> Reply {
     let started = std::time::Instant::now();
     let (op, target) = describe(&req);
+    if matches!(
+        req,
+        Request::Allocate { .. }
+            | Request::Register(_)
+            | Request::Deregister { .. }
+            | Request::Teardown { .. }
+            | Request::Release { .. }
+    ) {
+        node.touch();
+    }
     let reply = match req {
         Request::Status => ok(crate::status::status(node)),
         Request::Allocate {
@@ -141,6 +151,9 @@ pub async fn handle(node: &Node, req: Request) -> Reply {
         }
         Request::Monitor { .. } => unreachable!("handled by the connection"),
     };
+    if op != "status" && op != "endpoints" && op != "leases" && op != "policy" && op != "inspect" {
+        node.touch();
+    }
     let ms = started.elapsed().as_secs_f64() * 1e3;
     match &reply {
         Reply::Ok(_) if op == "status" || op == "endpoints" || op == "leases" => {

@@ -23,6 +23,7 @@ pub fn status(node: &Node) -> Status {
         .values()
         .filter(|r| r.endpoint.is_some())
         .count() as u64;
+    let on_clsact = node.tcx_pending.lock().expect("pending").len();
     Status {
         version: env!("CARGO_PKG_VERSION").into(),
         ready: node.is_ready(),
@@ -32,7 +33,12 @@ pub fn status(node: &Node) -> Status {
         endpoints,
         kernel: node.datapath.kernel.release.clone(),
         features: node.datapath.kernel.features.clone(),
-        attach_mode: "tcx".into(),
+        clsact_endpoints: on_clsact as u64,
+        attach_mode: if node.datapath.kernel.tcx() {
+            format!("tcx ({on_clsact} endpoints still on clsact)")
+        } else {
+            "clsact (kernel without tcx)".into()
+        },
         maps,
         datapath_counters: node.datapath.maps.global_counters(),
         policies: node

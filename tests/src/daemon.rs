@@ -149,6 +149,23 @@ impl Sluiced {
         self.call(&Request::Endpoints)
     }
 
+    /// Wait until every endpoint moved from its first (clsact) attachment to tcx links.
+    pub fn wait_tcx(&self) {
+        let start = Instant::now();
+        loop {
+            let s: sluice_api::Status = self.call(&Request::Status);
+            if s.clsact_endpoints == 0 {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "endpoints stayed on clsact: {}",
+                s.attach_mode
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn pin_dir(&self) -> &Path {
         &self.bpffs
     }

@@ -80,13 +80,15 @@ fn two_pods_get_distinct_addresses_and_talk_through_the_program() {
     // Negative control: detach a's programs (remove its link pins) and forget its neighbours.
     // Now the node's own stack answers a's ARP and routes its packets (slow path): the same
     // traffic no longer takes the fast path, the node forwards it instead.
+    d.wait_tcx();
+    let a_index = d
+        .endpoints()
+        .iter()
+        .find(|e| e.attachment.container_id == a.container_id)
+        .expect("a's endpoint")
+        .host_ifindex;
     for dir in ["ingress", "egress"] {
-        std::fs::remove_file(
-            d.pin_dir()
-                .join("links")
-                .join(format!("{}_{dir}", a.host_ifname())),
-        )
-        .unwrap();
+        std::fs::remove_file(d.pin_dir().join("links").join(format!("{a_index}_{dir}"))).unwrap();
     }
     assert!(
         a.ns.cmd("ip")
@@ -140,6 +142,7 @@ fn del_removes_veth_lease_and_map_entries_and_is_idempotent() {
     assert_eq!(d.leases().len(), 1);
     assert_eq!(maps::iface_entries(d.pin_dir()).len(), 1);
     assert_eq!(maps::endpoint_addresses(d.pin_dir()), vec![a.ip4()]);
+    d.wait_tcx();
     assert_eq!(d.link_pins().len(), 2);
 
     cni::del_pod(&node, &conf, &a).ok();
@@ -177,10 +180,12 @@ fn assert_nothing_left(node: &TestNs, d: &Sluiced, container_id: &str) {
     );
     let host = sluice_api::host_ifname(container_id, "eth0");
     assert!(!node.has_link(&host), "host veth {host} left behind");
-    assert!(
-        !d.link_pins().iter().any(|p| p.starts_with(&host)),
-        "pins left behind"
-    );
+    // Every link pin belongs to a registered endpoint.
+    let live: Vec<String> = d.endpoints().iter().map(|e| e.host_ifindex.to_string()).collect();
+    for pin in d.link_pins() {
+        let index = pin.split('_').next().unwrap_or_default().to_owned();
+        assert!(live.contains(&index), "pin {pin} belongs to no endpoint");
+    }
 }
 
 #[test]

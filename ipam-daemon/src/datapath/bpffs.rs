@@ -93,12 +93,14 @@ impl Pins {
     pub fn prog(&self, name: &str) -> PathBuf {
         self.root.join("progs").join(name)
     }
-    /// The tcx link of one program on one interface (`<ifname>_ingress` / `<ifname>_egress`;
-    /// bpffs refuses names with a dot).
-    pub fn link(&self, ifname: &str, ingress: bool) -> PathBuf {
-        self.root
-            .join("links")
-            .join(format!("{ifname}_{}", if ingress { "ingress" } else { "egress" }))
+    /// The tcx link of one program on one interface, by ifindex (`<ifindex>_ingress` /
+    /// `<ifindex>_egress`; bpffs refuses names with a dot). By index, not name: pooled veths
+    /// are renamed when a pod takes them, and the kernel's links follow the index too.
+    pub fn link(&self, ifindex: u32, ingress: bool) -> PathBuf {
+        self.root.join("links").join(format!(
+            "{ifindex}_{}",
+            if ingress { "ingress" } else { "egress" }
+        ))
     }
     pub fn links_dir(&self) -> PathBuf {
         self.root.join("links")

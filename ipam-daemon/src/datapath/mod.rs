@@ -2,7 +2,7 @@
 //! pins), the programs attached with tcx to each pod's host veth through pinned links, and
 //! typed access to the maps.
 //!
-//! Everything lives under `--bpffs`: `maps/<NAME>`, `progs/<name>`, `links/<ifname>_<dir>`.
+//! Everything lives under `--bpffs`: `maps/<NAME>`, `progs/<name>`, `links/<ifindex>_<dir>`.
 //! A restarted daemon with the same object re-opens all of it and disturbs nothing; a daemon
 //! with a new object swaps the program behind every link atomically (`BPF_LINK_UPDATE`) and
 //! keeps the maps; a daemon whose ABI differs from the pinned maps' refuses to start unless
@@ -112,6 +112,12 @@ pub struct KernelFeatures {
     pub features: Vec<String>,
 }
 
+impl KernelFeatures {
+    pub fn tcx(&self) -> bool {
+        self.features.iter().any(|f| f == "tcx")
+    }
+}
+
 /// Check the kernel for what the datapath needs, refusing with the missing feature's name.
 pub fn check_kernel() -> Result<KernelFeatures, DatapathError> {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
@@ -119,20 +125,23 @@ pub fn check_kernel() -> Result<KernelFeatures, DatapathError> {
         .unwrap_or_else(|_| "unknown".into());
     let current = KernelVersion::current().ok();
     let at_least = |maj, min| current.is_some_and(|v| v >= KernelVersion::new(maj, min, 0));
-    // tcx (6.6) implies bpf_redirect_peer (5.10), ring buffers (5.8) and LPM tries.
-    if !at_least(6, 6) {
+    // bpf_redirect_peer (5.10) implies ring buffers (5.8) and LPM tries.
+    if !at_least(5, 10) {
         return Err(DatapathError::KernelTooOld {
-            feature: "tcx attachment of tc programs (bpf_link based)",
-            needed: "6.6",
+            feature: "bpf_redirect_peer (same-node forwarding into a pod's namespace)",
+            needed: "5.10",
             found: release,
         });
     }
     let mut features = vec![
-        "tcx".to_owned(),
         "bpf_redirect_peer".to_owned(),
         "ringbuf".to_owned(),
         "lpm_trie".to_owned(),
     ];
+    // tcx (6.6): bpf_link attachment. Without it sluice stays on clsact filters.
+    if at_least(6, 6) {
+        features.insert(0, "tcx".to_owned());
+    }
     if Path::new("/sys/kernel/btf/vmlinux").exists() {
         features.push("btf".into());
     }
@@ -311,49 +320,105 @@ impl Datapath {
         Ok(())
     }
 
-    /// Attach both programs to a pod's host-side veth (tcx, pinned links). Any stale pin for
-    /// this name (a deleted interface that had it) is dropped first.
-    pub fn attach(&self, ifname: &str) -> Result<(), DatapathError> {
-        for (prog, prog_name, ingress) in [
-            (&self.from_pod, programs::FROM_POD, true),
-            (&self.to_pod, programs::TO_POD, false),
-        ] {
-            let path = self.pins.link(ifname, ingress);
-            if path.exists() {
-                std::fs::remove_file(&path).map_err(io_err("unpin", &path))?;
+    /// Attach one program: `from_pod` on ingress (`ingress`) or `to_pod` on egress.
+    pub fn attach_one(&self, ifname: &str, ifindex: u32, ingress: bool) -> Result<(), DatapathError> {
+        let (prog, prog_name) = if ingress {
+            (&self.from_pod, programs::FROM_POD)
+        } else {
+            (&self.to_pod, programs::TO_POD)
+        };
+        let path = self.pins.link(ifindex, ingress);
+        if path.exists() {
+            std::fs::remove_file(&path).map_err(io_err("unpin", &path))?;
+        }
+        let attach_err = |e: Box<dyn std::error::Error + Send + Sync>| DatapathError::Attach {
+            prog: prog_name,
+            ifname: ifname.to_owned(),
+            source: e,
+        };
+        let attach_type = if ingress {
+            TcAttachType::Ingress
+        } else {
+            TcAttachType::Egress
+        };
+        let mut prog = prog.lock().expect("program lock");
+        let id = prog
+            .attach_with_options(
+                ifname,
+                attach_type,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .map_err(|e| attach_err(Box::new(e)))?;
+        let link = prog.take_link(id).map_err(|e| attach_err(Box::new(e)))?;
+        drop(prog);
+        let fd_link: FdLink = link
+            .try_into()
+            .map_err(|e: aya::programs::links::LinkError| attach_err(Box::new(e)))?;
+        fd_link.pin(&path).map_err(|e| attach_err(Box::new(e)))?;
+        Ok(())
+    }
+
+    /// Attach both programs with the classic clsact qdisc and cls_bpf filters (direct action).
+    /// Unlike tcx this does not wait for an RCU grace period (the filter list is published with
+    /// call_rcu), so it costs a fraction of a millisecond: this is how an ADD attaches before it
+    /// returns; `attach::to_tcx` later moves the endpoint to tcx links. Filters belong to the
+    /// device, not to a file descriptor: they outlive the daemon without pins.
+    pub fn attach_clsact(&self, ifname: &str) -> Result<(), DatapathError> {
+        match aya::programs::tc::qdisc_add_clsact(ifname) {
+            Ok(()) => {}
+            Err(aya::programs::tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => {
+                return Err(DatapathError::Attach {
+                    prog: "clsact qdisc",
+                    ifname: ifname.to_owned(),
+                    source: Box::new(e),
+                });
             }
+        }
+        for (prog, prog_name, attach_type) in [
+            (&self.from_pod, programs::FROM_POD, TcAttachType::Ingress),
+            (&self.to_pod, programs::TO_POD, TcAttachType::Egress),
+        ] {
+            let mut prog = prog.lock().expect("program lock");
             let attach_err = |e: Box<dyn std::error::Error + Send + Sync>| DatapathError::Attach {
                 prog: prog_name,
                 ifname: ifname.to_owned(),
                 source: e,
             };
-            let mut prog = prog.lock().expect("program lock");
-            let attach_type = if ingress {
-                TcAttachType::Ingress
-            } else {
-                TcAttachType::Egress
-            };
             let id = prog
-                .attach_with_options(
-                    ifname,
-                    attach_type,
-                    TcAttachOptions::TcxOrder(LinkOrder::default()),
-                )
+                .attach_with_options(ifname, attach_type, TcAttachOptions::Netlink(Default::default()))
                 .map_err(|e| attach_err(Box::new(e)))?;
             let link = prog.take_link(id).map_err(|e| attach_err(Box::new(e)))?;
-            let fd_link: FdLink = link
-                .try_into()
-                .map_err(|e: aya::programs::links::LinkError| attach_err(Box::new(e)))?;
-            fd_link.pin(&path).map_err(|e| attach_err(Box::new(e)))?;
+            // The filter must stay when this handle goes (dropping it would delete it): it is
+            // removed explicitly by `detach_clsact_program` or with the device.
+            std::mem::forget(link);
         }
         Ok(())
     }
 
+    /// Remove the clsact filter of one program from an interface. Absent is fine.
+    pub fn detach_clsact_program(&self, ifname: &str, ingress: bool) -> Result<(), DatapathError> {
+        let (attach_type, name) = if ingress {
+            (TcAttachType::Ingress, programs::FROM_POD)
+        } else {
+            (TcAttachType::Egress, programs::TO_POD)
+        };
+        match aya::programs::tc::qdisc_detach_program(ifname, attach_type, name) {
+            Ok(()) => Ok(()),
+            Err(aya::programs::tc::TcError::IoError(e)) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(DatapathError::Attach {
+                prog: name,
+                ifname: ifname.to_owned(),
+                source: Box::new(e),
+            }),
+        }
+    }
+
     /// Detach both programs from an interface (remove the link pins). Succeeds when they are
     /// already gone.
-    pub fn detach(&self, ifname: &str) -> Result<(), DatapathError> {
+    pub fn detach(&self, ifindex: u32) -> Result<(), DatapathError> {
         for ingress in [true, false] {
-            let path = self.pins.link(ifname, ingress);
+            let path = self.pins.link(ifindex, ingress);
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -364,13 +429,13 @@ impl Datapath {
     }
 
     /// Are both links of this interface pinned?
-    pub fn is_attached(&self, ifname: &str) -> bool {
-        self.pins.link(ifname, true).exists() && self.pins.link(ifname, false).exists()
+    pub fn is_attached(&self, ifindex: u32) -> bool {
+        self.pins.link(ifindex, true).exists() && self.pins.link(ifindex, false).exists()
     }
 
-    /// Names of interfaces that have a pinned link (for reconciliation).
-    pub fn attached_interfaces(&self) -> Vec<String> {
-        let mut out: Vec<String> = std::fs::read_dir(self.pins.links_dir())
+    /// ifindexes of interfaces that have a pinned link (for reconciliation).
+    pub fn attached_interfaces(&self) -> Vec<u32> {
+        let mut out: Vec<u32> = std::fs::read_dir(self.pins.links_dir())
             .into_iter()
             .flatten()
             .flatten()
@@ -378,7 +443,7 @@ impl Datapath {
                 let n = e.file_name().to_string_lossy().into_owned();
                 n.rsplit_once('_')
                     .filter(|(_, dir)| *dir == "ingress" || *dir == "egress")
-                    .map(|(i, _)| i.to_owned())
+                    .and_then(|(i, _)| i.parse().ok())
             })
             .collect();
         out.sort();
