@@ -67,6 +67,17 @@ pub struct Cli {
     #[arg(long, value_name = "DIR")]
     pub manifests: Option<PathBuf>,
 
+    /// Kubernetes API mode with this kubeconfig file (its current context). Without it, API
+    /// mode uses the in-cluster configuration when KUBERNETES_SERVICE_HOST is set. Not with
+    /// --manifests.
+    #[arg(long, value_name = "PATH", conflicts_with = "manifests")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// This node's name in the cluster (default: the host name, lowercased, as the kubelet
+    /// names its Node).
+    #[arg(long = "node-name", env = "NODE_NAME", value_name = "NAME")]
+    pub node_name: Option<String>,
+
     /// Log level filter (`info`, `debug`, `sluiced=debug,warn`...); RUST_LOG also works.
     #[arg(long = "log-level", env = "SLUICE_LOG", default_value = "info")]
     pub log_level: String,
@@ -92,6 +103,28 @@ pub struct Config {
     /// not exist, is released at start-up.
     pub stale_lease_after: Duration,
     pub manifests: Option<PathBuf>,
+    /// Cluster objects come from the Kubernetes API server (see [`api_mode`]).
+    pub api_mode: bool,
+    /// `--kubeconfig`; `None` in API mode means the in-cluster configuration.
+    pub kubeconfig: Option<PathBuf>,
+    pub node_name: String,
+}
+
+/// The environment variable the kubelet sets in every pod (the in-cluster API address).
+pub const IN_CLUSTER_ENV: &str = "KUBERNETES_SERVICE_HOST";
+
+/// Whether cluster objects come from the API server: not when a manifests directory is
+/// given, else when there is a kubeconfig or the daemon runs in a pod. Outside a cluster and
+/// without flags there is no policy source (the demo and the tests run that way).
+pub fn api_mode(manifests: bool, kubeconfig: bool, in_cluster: bool) -> bool {
+    !manifests && (kubeconfig || in_cluster)
+}
+
+/// The host name as the kubelet derives its default node name: lowercased.
+fn host_node_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_lowercase())
+        .unwrap_or_default()
 }
 
 impl Cli {
@@ -111,6 +144,19 @@ impl Cli {
         if let Some(m) = self.mtu {
             anyhow::ensure!((576..=65535).contains(&m), "--mtu must be between 576 and 65535");
         }
+        let api_mode = api_mode(
+            self.manifests.is_some(),
+            self.kubeconfig.is_some(),
+            std::env::var_os(IN_CLUSTER_ENV).is_some_and(|v| !v.is_empty()),
+        );
+        let node_name = match &self.node_name {
+            Some(n) => n.clone(),
+            None => host_node_name(),
+        };
+        anyhow::ensure!(
+            !api_mode || !node_name.is_empty(),
+            "no node name: give --node-name (or NODE_NAME)"
+        );
         Ok(Config {
             pod_cidrs: self.pod_cidr.clone(),
             socket: self.socket.clone(),
@@ -129,6 +175,40 @@ impl Cli {
             ct_gc_interval: Duration::from_secs(self.ct_gc_interval.max(1)),
             stale_lease_after: Duration::from_secs(300),
             manifests: self.manifests.clone(),
+            api_mode,
+            kubeconfig: self.kubeconfig.clone(),
+            node_name,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_mode_rule() {
+        // (manifests, kubeconfig, in-cluster env) → API mode
+        assert!(!api_mode(false, false, false));
+        assert!(api_mode(false, true, false));
+        assert!(api_mode(false, false, true));
+        assert!(api_mode(false, true, true));
+        assert!(!api_mode(true, false, true));
+        assert!(!api_mode(true, false, false));
+    }
+
+    #[test]
+    fn kube_flags() {
+        let cli = Cli::try_parse_from(["sluiced", "--kubeconfig", "/k", "--node-name", "n1"]).unwrap();
+        assert_eq!(cli.kubeconfig.as_deref(), Some(std::path::Path::new("/k")));
+        let cfg = cli.config().unwrap();
+        assert!(cfg.api_mode);
+        assert_eq!(cfg.node_name, "n1");
+        assert!(Cli::try_parse_from(["sluiced", "--kubeconfig", "/k", "--manifests", "/m"]).is_err());
+        let cfg = Cli::try_parse_from(["sluiced", "--manifests", "/m"])
+            .unwrap()
+            .config()
+            .unwrap();
+        assert!(!cfg.api_mode);
     }
 }

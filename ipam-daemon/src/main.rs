@@ -84,6 +84,12 @@ fn datapath_config() -> DatapathConfig {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let cfg = cli.config()?;
+    // A bad kubeconfig fails before anything on the host is touched.
+    let kube_client = if cfg.api_mode {
+        Some(policy::kube::client(cfg.kubeconfig.as_deref()).await?)
+    } else {
+        None
+    };
     // Files the daemon creates are root's alone (state, socket, queue).
     // SAFETY: umask has no failure mode.
     unsafe { libc::umask(0o077) };
@@ -154,12 +160,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .manifests
         .as_ref()
         .map(|d| policy::manifests::ManifestDir::new(d));
-    let objects = match manifest_dir.as_mut() {
-        Some(m) => {
+    // API mode: the whole cluster is listed here (a daemon that cannot list it exits and is
+    // restarted, leaving the datapath as it was); the watchers start once the daemon is ready.
+    let objects = match (manifest_dir.as_mut(), &kube_client) {
+        (Some(m), _) => {
             m.rescan();
             m.merged()
         }
-        None => Default::default(),
+        (None, Some(client)) => tokio::time::timeout(
+            policy::kube::INITIAL_LIST_TIMEOUT,
+            policy::kube::initial(client, &cfg.node_name),
+        )
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "the Kubernetes API server did not answer the initial list within {:?}",
+                policy::kube::INITIAL_LIST_TIMEOUT
+            )
+        })?
+        .context("initial list from the Kubernetes API server")?,
+        (None, None) => Default::default(),
     };
     let engine = policy::PolicyEngine::new(&datapath.maps, objects);
 
@@ -179,9 +199,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         mtu,
         locks: Default::default(),
         ready: AtomicBool::new(false),
-        node_name: std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|s| s.trim().to_owned())
-            .unwrap_or_default(),
+        node_name: cfg.node_name.clone(),
         ct_live: Default::default(),
         policy: tokio::sync::Mutex::new(engine),
         policy_names: Default::default(),
@@ -204,6 +222,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     tokio::spawn(attach::to_tcx(node.clone()));
     if let Some(m) = manifest_dir {
         tokio::spawn(policy::manifests::watch(m, node.clone()));
+    }
+    if let Some(client) = kube_client {
+        tokio::spawn(policy::kube::run(client, cfg.node_name.clone(), node.clone()));
     }
 
     // Ready: the socket accepts connections from here on.

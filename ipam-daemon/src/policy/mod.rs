@@ -1,6 +1,6 @@
-//! NetworkPolicy in the daemon: the engine that turns the cluster model (from manifests or
-//! the API server) and this node's endpoints into datapath map entries, and keeps the maps
-//! equal to the latest compilation by writing only differences.
+//! NetworkPolicy in the daemon: the engine that turns the cluster model (from [`manifests`] or
+//! the API server, [`kube`]) and this node's endpoints into datapath map entries, and keeps
+//! the maps equal to the latest compilation by writing only differences.
 //!
 //! Order of a change, so that no packet sees a state looser than both the old and the new
 //! policy allow together: new allow entries and ipcache entries first, then endpoint
@@ -8,6 +8,7 @@
 //! then removal of what no longer applies.
 
 pub mod explain;
+pub mod kube;
 pub mod manifests;
 
 use std::{
