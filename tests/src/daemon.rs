@@ -61,6 +61,15 @@ impl Sluiced {
         d
     }
 
+    /// Replace the flags that are not paths (e.g. `--pod-cidr`) for the next `launch`.
+    pub fn set_extra_args(&mut self, extra: &[&str]) {
+        self.args.truncate(6);
+        if !extra.iter().any(|a| *a == "--pod-cidr") {
+            self.args.extend(["--pod-cidr".into(), "10.244.1.0/24".into()]);
+        }
+        self.args.extend(extra.iter().map(|s| s.to_string()));
+    }
+
     /// (Re)start the process with the same flags.
     pub fn launch(&mut self) {
         assert!(self.child.is_none(), "already running");
