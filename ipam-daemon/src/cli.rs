@@ -13,8 +13,10 @@ use ipnetwork::IpNetwork;
     about = "sluice node daemon: IPAM, eBPF datapath, NetworkPolicy"
 )]
 pub struct Cli {
-    /// Pod CIDR of this node; repeat for dual-stack (one IPv4 and one IPv6).
-    #[arg(long = "pod-cidr", value_name = "CIDR", default_value = "10.244.1.0/24")]
+    /// Pod CIDR of this node; repeat for dual-stack (one IPv4 and one IPv6). Default: this
+    /// node's Node object (`spec.podCIDRs`, from the API server or the manifests directory),
+    /// else 10.244.1.0/24.
+    #[arg(long = "pod-cidr", value_name = "CIDR")]
     pub pod_cidr: Vec<IpNetwork>,
 
     /// Unix socket of the local API (created mode 0600).
@@ -78,6 +80,32 @@ pub struct Cli {
     #[arg(long = "node-name", env = "NODE_NAME", value_name = "NAME")]
     pub node_name: Option<String>,
 
+    /// Serve Prometheus metrics (`/metrics`) and health checks (`/healthz`, `/readyz`) on
+    /// this address (off by default; use a loopback address on hostNetwork pods).
+    #[arg(long = "metrics-address", value_name = "HOST:PORT")]
+    pub metrics_address: Option<std::net::SocketAddr>,
+
+    /// Install the CNI plugin and its conflist on the node once the daemon is ready.
+    #[arg(long = "install-cni")]
+    pub install_cni: bool,
+
+    /// The node's CNI binary directory (where `--install-cni` puts the plugin).
+    #[arg(long = "cni-bin-dir", value_name = "DIR", default_value = "/opt/cni/bin")]
+    pub cni_bin_dir: PathBuf,
+
+    /// The node's CNI configuration directory (where `--install-cni` writes 05-sluice.conflist).
+    #[arg(long = "cni-conf-dir", value_name = "DIR", default_value = "/etc/cni/net.d")]
+    pub cni_conf_dir: PathBuf,
+
+    /// The plugin binary to install (default: `sluice` beside this executable).
+    #[arg(long = "cni-plugin-binary", value_name = "PATH")]
+    pub cni_plugin_binary: Option<PathBuf>,
+
+    /// Remove everything sluice put on the node (conflist, plugin binary, bpffs pins, programs
+    /// on pod interfaces, the gateway device, state and socket directories), then exit.
+    #[arg(long)]
+    pub uninstall: bool,
+
     /// Log level filter (`info`, `debug`, `sluiced=debug,warn`...); RUST_LOG also works.
     #[arg(long = "log-level", env = "SLUICE_LOG", default_value = "info")]
     pub log_level: String,
@@ -108,6 +136,12 @@ pub struct Config {
     /// `--kubeconfig`; `None` in API mode means the in-cluster configuration.
     pub kubeconfig: Option<PathBuf>,
     pub node_name: String,
+    pub metrics_address: Option<std::net::SocketAddr>,
+    pub install_cni: bool,
+    pub cni_bin_dir: PathBuf,
+    pub cni_conf_dir: PathBuf,
+    pub cni_plugin_binary: PathBuf,
+    pub uninstall: bool,
 }
 
 /// The environment variable the kubelet sets in every pod (the in-cluster API address).
@@ -175,6 +209,18 @@ impl Cli {
             ct_gc_interval: Duration::from_secs(self.ct_gc_interval.max(1)),
             stale_lease_after: Duration::from_secs(300),
             manifests: self.manifests.clone(),
+            metrics_address: self.metrics_address,
+            install_cni: self.install_cni,
+            cni_bin_dir: self.cni_bin_dir.clone(),
+            cni_conf_dir: self.cni_conf_dir.clone(),
+            cni_plugin_binary: match &self.cni_plugin_binary {
+                Some(p) => p.clone(),
+                None => std::env::current_exe()
+                    .ok()
+                    .and_then(|e| e.parent().map(|d| d.join("sluice")))
+                    .unwrap_or_else(|| PathBuf::from("/usr/bin/sluice")),
+            },
+            uninstall: self.uninstall,
             api_mode,
             kubeconfig: self.kubeconfig.clone(),
             node_name,

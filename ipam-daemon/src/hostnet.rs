@@ -91,6 +91,31 @@ impl HostNet {
         }
     }
 
+    /// Every interface here: (ifindex, name).
+    pub async fn links(&self) -> Result<Vec<(u32, String)>, HostNetError> {
+        let mut out = Vec::new();
+        let mut links = self.handle.link().get().execute();
+        while let Some(msg) = links.try_next().await.map_err(nl("list links"))? {
+            let name = msg.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfName(n) => Some(n.clone()),
+                _ => None,
+            });
+            if let Some(n) = name {
+                out.push((msg.header.index, n));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Delete an interface (a veth takes its peer along). Gone already is fine.
+    pub async fn delete_link(&self, index: u32) -> Result<(), HostNetError> {
+        match self.handle.link().del(index).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(()),
+            Err(e) => Err(nl(format!("delete ifindex {index}"))(e)),
+        }
+    }
+
     /// Does this interface have a clsact qdisc (sluice's first attachment)?
     pub async fn has_clsact(&self, index: u32) -> Result<bool, HostNetError> {
         let mut qdiscs = self.handle.qdisc().get().index(index as i32).execute();
@@ -308,6 +333,11 @@ pub fn enable_forwarding(v4: bool, v6: bool) -> Result<(), HostNetError> {
         paths.push("/proc/sys/net/ipv6/conf/all/forwarding");
     }
     for p in paths {
+        // Nodes usually have it on already (kubelet and kube-proxy need it); a container whose
+        // /proc/sys is read-only can then still start.
+        if std::fs::read_to_string(p).is_ok_and(|v| v.trim() == "1") {
+            continue;
+        }
         std::fs::write(p, b"1").map_err(|source| HostNetError::Sysctl {
             path: p.into(),
             source,

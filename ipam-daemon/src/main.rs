@@ -7,9 +7,11 @@ mod datapath;
 mod events;
 mod fsutil;
 mod hostnet;
+mod install;
 mod ipam;
 mod locks;
 mod maintenance;
+mod metrics;
 mod node;
 mod policy;
 mod server;
@@ -88,7 +90,13 @@ fn datapath_config() -> DatapathConfig {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let cfg = cli.config()?;
+    let mut cfg = cli.config()?;
+    if cfg.uninstall {
+        for what in install::uninstall(&cfg).await? {
+            println!("removed {what}");
+        }
+        return Ok(());
+    }
     // A bad kubeconfig fails before anything on the host is touched.
     let kube_client = if cfg.api_mode {
         Some(policy::kube::client(cfg.kubeconfig.as_deref()).await?)
@@ -101,8 +109,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     fsutil::create_private_dir(&cfg.state_dir)
         .with_context(|| format!("creating --state-dir {}", cfg.state_dir.display()))?;
     let store = Store::open(&cfg.state_dir.join("sluice.redb"))?;
-    let ipam = Ipam::new(&cfg.pod_cidrs)?;
-    let gateways: Vec<IpAddr> = ipam.pools().iter().map(|p| p.gateway()).collect();
 
     let datapath = Datapath::open(&DatapathOptions {
         bpffs: cfg.bpffs.clone(),
@@ -150,14 +156,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 
     let hostnet = HostNet::connect()?;
-    hostnet
-        .ensure_gateway_device(&cfg.gateway_device, &gateways)
-        .await
-        .context("gateway device")?;
-    hostnet::enable_forwarding(
-        gateways.iter().any(|g| g.is_ipv4()),
-        gateways.iter().any(|g| g.is_ipv6()),
-    )?;
 
     // Policy sources are read before anything is reconciled: a daemon restarting under deny
     // policies must not open pods up even for a moment.
@@ -186,6 +184,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .context("initial list from the Kubernetes API server")?,
         (None, None) => Default::default(),
     };
+    // The pod CIDR: the flag, else this node's Node object, else the default.
+    if cfg.pod_cidrs.is_empty() {
+        cfg.pod_cidrs = match objects.nodes.get(&cfg.node_name) {
+            Some(n) if !n.pod_cidrs.is_empty() => {
+                tracing::info!(node = %cfg.node_name, cidrs = ?n.pod_cidrs, "pod CIDR from the Node object");
+                n.pod_cidrs.clone()
+            }
+            _ if cfg.api_mode => anyhow::bail!(
+                "Node {} has no spec.podCIDRs (is the controller manager allocating node CIDRs?) and no --pod-cidr was given",
+                cfg.node_name
+            ),
+            _ => vec!["10.244.1.0/24".parse().expect("literal")],
+        };
+    }
+    let ipam = Ipam::new(&cfg.pod_cidrs)?;
+    let gateways: Vec<IpAddr> = ipam.pools().iter().map(|p| p.gateway()).collect();
+    hostnet
+        .ensure_gateway_device(&cfg.gateway_device, &gateways)
+        .await
+        .context("gateway device")?;
+    if let Err(e) = hostnet::enable_forwarding(
+        gateways.iter().any(|g| g.is_ipv4()),
+        gateways.iter().any(|g| g.is_ipv6()),
+    ) {
+        tracing::warn!(error = %e, "IP forwarding is off: pods reach local pods only");
+    }
     let engine = policy::PolicyEngine::new(&datapath.maps, objects);
 
     let mtu = cfg.mtu.unwrap_or(1500);
@@ -210,6 +234,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         policy_names: Default::default(),
         policy_revision: Default::default(),
         activity: Mutex::new(Instant::now()),
+        metrics: Default::default(),
+        add_started: Default::default(),
     });
     let summary = node.reconcile().await;
     tracing::info!(?summary, "reconciled state with the datapath");
@@ -237,6 +263,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     node.set_ready();
     tracing::info!(socket = %cfg.socket.display(), cidrs = ?cfg.pod_cidrs, "sluiced ready");
     let server = tokio::spawn(server::serve(listener, node.clone(), hub.clone()));
+    if let Some(addr) = cfg.metrics_address {
+        tokio::spawn(metrics::serve(addr, node.clone()));
+    }
+    // Only now is the network usable: announce it to the runtime.
+    if cfg.install_cni {
+        install::install(&cfg).context("installing the CNI plugin")?;
+    }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;

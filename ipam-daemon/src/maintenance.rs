@@ -20,6 +20,10 @@ pub async fn conntrack_gc(node: Arc<Node>, interval: Duration) {
         .await;
         if let Ok((live, removed)) = res {
             node.ct_live.store(live, std::sync::atomic::Ordering::Relaxed);
+            node.datapath
+                .maps
+                .ct_live
+                .store(live, std::sync::atomic::Ordering::Relaxed);
             if removed > 0 {
                 tracing::debug!(live, removed, "conntrack gc");
             }

@@ -146,8 +146,11 @@ pub struct Node {
     pub policy_names: std::sync::RwLock<Vec<String>>,
     /// Object updates applied (see `set_policy_objects`).
     pub policy_revision: std::sync::atomic::AtomicU64,
-    /// When an ADD/DEL-related request was last served (the pool refills when it is long ago).
+    /// When an ADD/DEL-related request was last served (tcx moves wait for quiet).
     pub activity: Mutex<Instant>,
+    pub metrics: crate::metrics::Recorded,
+    /// When each in-flight ADD allocated (its duration is observed at register).
+    pub add_started: Mutex<HashMap<Attachment, Instant>>,
 }
 
 impl Node {

@@ -109,6 +109,19 @@ pub async fn handle(node: &Node, req: Request) -> Reply {
     ) {
         node.touch();
     }
+    // The daemon's view of CNI operations, for the metrics.
+    let add_key = match &req {
+        Request::Allocate { attachment, .. } => Some((attachment.clone(), true)),
+        Request::Register(r) => Some((r.attachment.clone(), false)),
+        Request::Teardown { attachment } => Some((attachment.clone(), false)),
+        _ => None,
+    };
+    if let Some((a, true)) = &add_key {
+        node.add_started
+            .lock()
+            .expect("add timing")
+            .insert(a.clone(), started);
+    }
     let reply = match req {
         Request::Status => ok(crate::status::status(node)),
         Request::Allocate {
@@ -153,6 +166,31 @@ pub async fn handle(node: &Node, req: Request) -> Reply {
     };
     if op != "status" && op != "endpoints" && op != "leases" && op != "policy" && op != "inspect" {
         node.touch();
+    }
+    let ok = matches!(reply, Reply::Ok(_));
+    match (op, add_key) {
+        ("allocate", Some((a, _))) if !ok => {
+            node.add_started.lock().expect("add timing").remove(&a);
+            node.metrics
+                .observe("add", false, started.elapsed().as_secs_f64());
+        }
+        ("register", Some((a, _))) => {
+            let since = node
+                .add_started
+                .lock()
+                .expect("add timing")
+                .remove(&a)
+                .unwrap_or(started);
+            node.metrics.observe("add", ok, since.elapsed().as_secs_f64());
+        }
+        ("teardown", Some((a, _))) => {
+            // An ADD that failed after allocating is torn down: forget its start time.
+            node.add_started.lock().expect("add timing").remove(&a);
+            node.metrics.observe("del", ok, started.elapsed().as_secs_f64());
+        }
+        ("inspect", _) => node.metrics.observe("check", ok, started.elapsed().as_secs_f64()),
+        ("gc", _) => node.metrics.observe("gc", ok, started.elapsed().as_secs_f64()),
+        _ => {}
     }
     let ms = started.elapsed().as_secs_f64() * 1e3;
     match &reply {

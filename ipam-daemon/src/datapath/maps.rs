@@ -102,6 +102,8 @@ pub struct DatapathMaps {
     config: Mutex<Array<MapData, DatapathConfig>>,
     events: Mutex<Option<RingBuf<MapData>>>,
     pub sizes: MapSizes,
+    /// Live conntrack entries at the last garbage collection.
+    pub ct_live: std::sync::atomic::AtomicU64,
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DatapathError {
@@ -149,6 +151,7 @@ impl DatapathMaps {
             config: Mutex::new(typed!(ebpf, names::CONFIG)),
             events: Mutex::new(Some(typed!(ebpf, names::EVENTS))),
             sizes,
+            ct_live: Default::default(),
         })
     }
 
@@ -415,9 +418,11 @@ impl DatapathMaps {
                 count(self.policy.lock().expect("map lock").keys().count()),
                 self.sizes.policy as u64,
             ),
+            // Walking a big conntrack table per status call would cost hundreds of thousands
+            // of syscalls: the garbage collector's last count is reported instead.
             (
                 names::CT,
-                count(self.ct.lock().expect("map lock").keys().count()),
+                self.ct_live.load(std::sync::atomic::Ordering::Relaxed),
                 self.sizes.conntrack as u64,
             ),
             (
