@@ -11,7 +11,7 @@ pub mod netlink;
 pub mod netns;
 pub mod spec;
 
-use std::io::Write;
+use std::{ffi::OsString, io::Write};
 
 use serde_json::json;
 use spec::{
@@ -51,16 +51,55 @@ fn chrono_like_now() -> String {
     format!("{}.{:03}", d.as_secs(), d.subsec_millis())
 }
 
-/// The plugin. `getenv` reads the environment, `stdin` is everything the runtime wrote.
-pub fn run(getenv: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Reply {
-    let requested_version = config::requested_version(stdin)
+/// The `cniVersion` to write in replies before the configuration has been read: the one stdin
+/// asks for when sluice supports it, else the latest.
+fn reply_version(stdin: &[u8]) -> String {
+    config::requested_version(stdin)
         .filter(|v| version::SUPPORTED.contains(&v.as_str()))
-        .unwrap_or_else(|| version::LATEST.to_owned());
-    let env = match env::from_env(&getenv) {
+        .unwrap_or_else(|| version::LATEST.to_owned())
+}
+
+/// The `CNI_*` variables the plugin reads.
+pub const ENV_VARS: [&str; 6] = [
+    "CNI_COMMAND",
+    "CNI_CONTAINERID",
+    "CNI_NETNS",
+    "CNI_IFNAME",
+    "CNI_ARGS",
+    "CNI_PATH",
+];
+
+/// `run` for a process environment, whose values may not be UTF-8. Such a value is refused
+/// (4, naming the variable) rather than read as unset, which would report a variable the
+/// runtime did set as missing, or silently use an unset `CNI_ARGS`.
+pub fn run_os(getenv: impl Fn(&str) -> Option<OsString>, stdin: &[u8]) -> Reply {
+    for k in ENV_VARS {
+        if let Some(v) = getenv(k)
+            && v.to_str().is_none()
+        {
+            let e = CniError::new(
+                Code::InvalidEnv,
+                format!("{k} is not valid UTF-8: {}", v.to_string_lossy()),
+            );
+            return error_reply(&e, &reply_version(stdin));
+        }
+    }
+    run(|k| getenv(k).and_then(|v| v.into_string().ok()), stdin)
+}
+
+/// The plugin. `getenv` reads the environment, `stdin` is everything the runtime wrote.
+///
+/// Inputs are checked in libcni's skel order, so that a runtime sees the same code from sluice
+/// as from a skel-based plugin when several things are wrong: missing variables and the
+/// command; the configuration's JSON and `name`; the container id and interface name;
+/// `cniVersion`, and whether it allows the verb; then the plugin's own keys and `CNI_ARGS`.
+pub fn run(getenv: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Reply {
+    let requested_version = reply_version(stdin);
+    let raw = match env::read(&getenv) {
         Ok(e) => e,
         Err(e) => return error_reply(&e, &requested_version),
     };
-    if env.verb == Verb::Version {
+    if raw.verb == Verb::Version {
         return Reply {
             stdout: json!({
                 "cniVersion": requested_version,
@@ -70,29 +109,40 @@ pub fn run(getenv: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Reply {
             status: 0,
         };
     }
-    let conf = match config::parse(stdin) {
-        Ok(c) => c,
+    let obj = match config::decode(stdin) {
+        Ok(o) => o,
+        Err(e) => return error_reply(&e, &requested_version),
+    };
+    if let Err(e) = raw.validate_names() {
+        return error_reply(&e, &requested_version);
+    }
+    let (cni_version, parsed_version) = match config::cni_version(&obj) {
+        Ok(v) => v,
         Err(e) => return error_reply(&e, &requested_version),
     };
     // Verbs newer than the configuration's version do not exist for it.
-    let minimum = match env.verb {
+    let minimum = match raw.verb {
         Verb::Check => Some(Version(0, 4, 0)),
         Verb::Status | Verb::Gc => Some(Version(1, 1, 0)),
         _ => None,
     };
     if let Some(min) = minimum
-        && conf.version < min
+        && parsed_version < min
     {
         let e = CniError::new(
             Code::IncompatibleVersion,
-            format!(
-                "config version {} does not allow {}",
-                conf.cni_version,
-                env.verb.name()
-            ),
+            format!("config version {cni_version} does not allow {}", raw.verb.name()),
         );
-        return error_reply(&e, &conf.cni_version);
+        return error_reply(&e, &cni_version);
     }
+    let conf = match config::from_object(obj, cni_version.clone(), parsed_version) {
+        Ok(c) => c,
+        Err(e) => return error_reply(&e, &cni_version),
+    };
+    let env = match raw.validate() {
+        Ok(e) => e,
+        Err(e) => return error_reply(&e, &cni_version),
+    };
     let started = std::time::Instant::now();
     let outcome = match env.verb {
         Verb::Add => commands::add::add(&env, &conf).map(|r| Some(r.to_json(&conf.cni_version).to_string())),

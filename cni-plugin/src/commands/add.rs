@@ -45,7 +45,7 @@ pub fn add(env: &Env, conf: &NetConf) -> CniResult<CniOutcome> {
     let netns_path = env
         .netns
         .as_deref()
-        .expect("CNI_NETNS required for ADD by env::from_env");
+        .expect("CNI_NETNS required for ADD by env::read");
     let pod_ns = NetNs::open(netns_path).map_err(netns_err)?;
     if pod_ns.is_current().map_err(netns_err)? {
         return Err(CniError::new(

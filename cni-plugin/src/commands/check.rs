@@ -30,7 +30,7 @@ pub fn check(env: &Env, conf: &NetConf) -> CniResult<()> {
     let netns = env
         .netns
         .as_deref()
-        .expect("CNI_NETNS required for CHECK by env::from_env");
+        .expect("CNI_NETNS required for CHECK by env::read");
     let ours = prev
         .interfaces
         .iter()

@@ -5,7 +5,10 @@
 
 use std::net::IpAddr;
 
-use super::error::{CniError, Code};
+use super::{
+    config::parse_ip_request,
+    error::{CniError, Code},
+};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CniArgs {
@@ -40,8 +43,7 @@ pub fn parse(s: &str) -> Result<CniArgs, CniError> {
             "IP" => {
                 for ip in v.split(',').filter(|x| !x.is_empty()) {
                     // podman may pass `IP=10.0.0.5` or a CIDR: keep the address.
-                    let addr = ip.split('/').next().unwrap_or(ip);
-                    a.ips.push(addr.parse().map_err(|_| {
+                    a.ips.push(parse_ip_request(ip).ok_or_else(|| {
                         CniError::new(
                             Code::InvalidEnv,
                             format!("CNI_ARGS: IP={ip:?} is not an IP address"),
@@ -95,5 +97,11 @@ mod tests {
         assert!(e.msg.contains("K8S_POD_NAME"));
         let e = parse("IP=300.1.1.1").unwrap_err();
         assert!(e.msg.contains("300.1.1.1"));
+        // A prefix must be a prefix, even though only the address is used.
+        assert!(parse("IP=10.0.0.1/24").is_ok());
+        for bad in ["10.0.0.1/33", "10.0.0.1/x", "10.0.0.1/", "10.0.0.1/24/1"] {
+            let e = parse(&format!("IP={bad}")).unwrap_err();
+            assert!(e.msg.contains(bad), "{e:?}");
+        }
     }
 }

@@ -6,6 +6,7 @@
 
 use std::{net::IpAddr, path::PathBuf};
 
+use ipnetwork::IpNetwork;
 use serde_json::{Map, Value};
 use sluice_api::Attachment;
 
@@ -76,12 +77,35 @@ fn ip_list(key: &str, v: &Value) -> Result<Vec<IpAddr>, CniError> {
             let s = e
                 .as_str()
                 .ok_or_else(|| invalid(format!("{key}: {e} is not a string")))?;
-            let addr = s.split('/').next().unwrap_or(s);
-            addr.parse()
-                .map_err(|_| invalid(format!("{key}: {s:?} is not an IP address")))
+            parse_ip_request(s).ok_or_else(|| invalid(format!("{key}: {s:?} is not an IP address")))
         })
         .collect()
 }
+
+/// A requested address: `10.0.0.5` or, as the `ips` convention writes it, `10.0.0.5/24`. Only
+/// the address is used (sluice assigns host routes), but a prefix must still be a valid one:
+/// `10.0.0.5/99` or `10.0.0.5/x` is a typo to report, not something to ignore.
+pub fn parse_ip_request(s: &str) -> Option<IpAddr> {
+    s.parse::<IpNetwork>().ok().map(|n| n.ip())
+}
+
+/// An absolute filesystem path from the configuration (`daemonSocket`, `logFile`). Relative
+/// paths would depend on the runtime's working directory, and a NUL cannot be in a path: both
+/// are configuration mistakes to report up front rather than as a later I/O failure.
+fn absolute_path(key: &str, p: &str) -> Result<PathBuf, CniError> {
+    if !p.starts_with('/') {
+        return Err(invalid(format!("{key} {p:?} must be an absolute path")));
+    }
+    if p.contains('\0') {
+        return Err(invalid(format!("{key} {p:?} contains a NUL character")));
+    }
+    Ok(PathBuf::from(p))
+}
+
+/// `sockaddr_un.sun_path` holds 108 bytes including the terminating NUL. A longer socket path
+/// cannot be connected to at all, which the plugin would otherwise report as "sluiced is
+/// unreachable, try again later" (11) forever instead of as the configuration error it is.
+const SUN_PATH_MAX: usize = 107;
 
 fn attachments(key: &str, v: &Value) -> Result<Vec<Attachment>, CniError> {
     let arr = v
@@ -112,13 +136,32 @@ fn get_str<'a>(obj: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>
     }
 }
 
+fn get_object<'a>(
+    obj: &'a Map<String, Value>,
+    key: &str,
+) -> Result<Option<&'a Map<String, Value>>, CniError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(o)) => Ok(Some(o)),
+        Some(other) => Err(invalid(format!("{key} must be an object, not {other}"))),
+    }
+}
+
+/// Name a nested key by its full path (`runtimeConfig.mac`, not `mac`) in a type error.
+fn prefixed(parent: &str, mut e: CniError) -> CniError {
+    e.msg = format!("{parent}.{}", e.msg);
+    e
+}
+
 /// Only `cniVersion`, for VERSION requests (`{"cniVersion": "..."}`).
 pub fn requested_version(stdin: &[u8]) -> Option<String> {
     let v: Value = serde_json::from_slice(stdin).ok()?;
     v.get("cniVersion")?.as_str().map(str::to_owned)
 }
 
-pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
+/// Stage one, libcni's `validateConfig`: a JSON object with a valid `name`. libcni checks this
+/// before the container id and the interface name, and those before `cniVersion`.
+pub fn decode(stdin: &[u8]) -> Result<Map<String, Value>, CniError> {
     let v: Value = serde_json::from_slice(stdin).map_err(|e| {
         CniError::new(
             Code::Decode,
@@ -140,6 +183,12 @@ pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
             "name {name:?}: invalid characters found in network name"
         )));
     }
+    Ok(obj)
+}
+
+/// Stage two: `cniVersion`, as libcni's version decoder and reconciler read it (a non-string
+/// does not decode: 6; a string that is not a supported version is incompatible: 1).
+pub fn cni_version(obj: &Map<String, Value>) -> Result<(String, Version), CniError> {
     let cni_version = match obj.get("cniVersion") {
         None | Some(Value::Null) => String::new(),
         Some(Value::String(s)) => s.clone(),
@@ -150,16 +199,31 @@ pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
             ));
         }
     };
-    let parsed_version = version::check(&cni_version)?;
+    let parsed = version::check(&cni_version)?;
+    Ok((cni_version, parsed))
+}
+
+/// Stage three: the plugin's own keys. `obj` has passed `decode`.
+pub fn from_object(
+    obj: Map<String, Value>,
+    cni_version: String,
+    parsed_version: Version,
+) -> Result<NetConf, CniError> {
+    let name = get_str(&obj, "name")?.unwrap_or_default().to_owned();
     let plugin_type = get_str(&obj, "type")?.unwrap_or_default().to_owned();
     if plugin_type.is_empty() {
         return Err(invalid("missing plugin type (key \"type\")".into()));
     }
     let daemon_socket = match get_str(&obj, "daemonSocket")? {
-        Some(p) if !p.starts_with('/') => {
-            return Err(invalid(format!("daemonSocket {p:?} must be an absolute path")));
+        Some(p) => {
+            let path = absolute_path("daemonSocket", p)?;
+            if p.len() > SUN_PATH_MAX {
+                return Err(invalid(format!(
+                    "daemonSocket {p:?} is longer than {SUN_PATH_MAX} bytes, the most a unix socket path can be"
+                )));
+            }
+            path
         }
-        Some(p) => PathBuf::from(p),
         None => PathBuf::from(sluice_api::DEFAULT_SOCKET),
     };
     let mtu = match obj.get("mtu") {
@@ -173,32 +237,36 @@ pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
             }
         },
     };
-    if let Some(ipam) = obj.get("ipam")
-        && ipam.as_object().is_some_and(|o| !o.is_empty())
-    {
-        return Err(CniError::new(
-            Code::UnsupportedField,
-            format!("ipam {ipam}: sluice allocates addresses itself; remove the ipam section"),
-        ));
+    match obj.get("ipam") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(o)) if o.is_empty() => {}
+        Some(ipam @ Value::Object(_)) => {
+            return Err(CniError::new(
+                Code::UnsupportedField,
+                format!("ipam {ipam}: sluice allocates addresses itself; remove the ipam section"),
+            ));
+        }
+        Some(other) => return Err(invalid(format!("ipam must be an object, not {other}"))),
     }
     let mut requested_ips = Vec::new();
     let mut requested_mac = None;
-    if let Some(rc) = obj.get("runtimeConfig") {
-        let rc = rc
-            .as_object()
-            .ok_or_else(|| invalid(format!("runtimeConfig must be an object, not {rc}")))?;
-        if let Some(ips) = rc.get("ips") {
+    // `null` reads as absent everywhere, as Go's encoding/json (libcni, the reference
+    // plugins) reads it.
+    if let Some(rc) = get_object(&obj, "runtimeConfig")? {
+        if let Some(ips) = rc.get("ips").filter(|v| !v.is_null()) {
             requested_ips.extend(ip_list("runtimeConfig.ips", ips)?);
         }
-        if let Some(mac) = get_str(rc, "mac")? {
+        if let Some(mac) = get_str(rc, "mac").map_err(|e| prefixed("runtimeConfig", e))? {
             requested_mac = Some(usable_mac("runtimeConfig.mac", mac)?);
         }
     }
-    if let Some(cni) = obj.get("args").and_then(|a| a.get("cni")) {
-        if let Some(ips) = cni.get("ips") {
+    if let Some(args) = get_object(&obj, "args")?
+        && let Some(cni) = get_object(args, "cni").map_err(|e| prefixed("args", e))?
+    {
+        if let Some(ips) = cni.get("ips").filter(|v| !v.is_null()) {
             requested_ips.extend(ip_list("args.cni.ips", ips)?);
         }
-        if let Some(mac) = cni.get("mac").and_then(Value::as_str) {
+        if let Some(mac) = get_str(cni, "mac").map_err(|e| prefixed("args.cni", e))? {
             requested_mac = Some(usable_mac("args.cni.mac", mac)?);
         }
     }
@@ -212,28 +280,41 @@ pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
             ));
         }
     };
+    let present = |k: &str| obj.get(k).filter(|v| !v.is_null());
     let valid_attachments = match (
-        obj.get("cni.dev/valid-attachments"),
-        obj.get("cni.dev/attachments"),
+        present("cni.dev/valid-attachments"),
+        present("cni.dev/attachments"),
     ) {
         (Some(v), _) => Some(attachments("cni.dev/valid-attachments", v)?),
         (None, Some(v)) => Some(attachments("cni.dev/attachments", v)?),
         (None, None) => None,
     };
+    let dns = get_object(&obj, "dns")?.map(|d| Value::Object(d.clone()));
+    let log_file = match get_str(&obj, "logFile")? {
+        Some(p) => Some(absolute_path("logFile", p)?),
+        None => None,
+    };
     Ok(NetConf {
         cni_version,
         version: parsed_version,
-        name: name.to_owned(),
+        name,
         plugin_type,
         daemon_socket,
         mtu,
         prev_result,
         requested_ips,
         requested_mac,
-        dns: obj.get("dns").cloned().filter(|d| d.is_object()),
+        dns,
         valid_attachments,
-        log_file: get_str(&obj, "logFile")?.map(PathBuf::from),
+        log_file,
     })
+}
+
+/// The whole configuration: `decode`, `cni_version`, `from_object`.
+pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
+    let obj = decode(stdin)?;
+    let (cni_version, parsed) = cni_version(&obj)?;
+    from_object(obj, cni_version, parsed)
 }
 
 /// A MAC address for the CLI-style requests (`CNI_ARGS MAC=`).
@@ -276,11 +357,36 @@ mod tests {
     }
 
     #[test]
+    fn null_reads_as_absent() {
+        let c = p(r#"{"cniVersion":"1.0.0","name":"n","type":"sluice","mtu":null,"ipam":null,"dns":null,
+            "runtimeConfig":null,"args":{"cni":{"ips":null,"mac":null}},"logFile":null,"cni.dev/attachments":null}"#)
+        .unwrap();
+        assert_eq!(
+            (c.mtu, c.dns, c.log_file, c.valid_attachments),
+            (None, None, None, None)
+        );
+        assert!(c.requested_ips.is_empty() && c.requested_mac.is_none());
+    }
+
+    #[test]
     fn gc_attachments_both_keys() {
         let c = p(r#"{"cniVersion":"1.1.0","name":"n","type":"sluice","cni.dev/valid-attachments":[{"containerID":"a","ifname":"eth0"}]}"#).unwrap();
         assert_eq!(c.valid_attachments.unwrap().len(), 1);
         let c = p(r#"{"cniVersion":"1.1.0","name":"n","type":"sluice","cni.dev/attachments":[]}"#).unwrap();
         assert_eq!(c.valid_attachments.unwrap().len(), 0);
+    }
+
+    #[test]
+    fn daemon_socket_fits_a_socket_address() {
+        let conf = |sock: &str| {
+            format!(r#"{{"cniVersion":"1.0.0","name":"n","type":"sluice","daemonSocket":"{sock}"}}"#)
+        };
+        let longest = format!("/{}", "s".repeat(SUN_PATH_MAX - 1));
+        assert!(p(&conf(&longest)).is_ok());
+        let e = p(&conf(&format!("{longest}s"))).unwrap_err();
+        assert_eq!(e.code, Code::InvalidConfig);
+        assert!(e.msg.contains("daemonSocket"));
+        assert_eq!(p(&conf("/run/a\\u0000b")).unwrap_err().code, Code::InvalidConfig);
     }
 
     #[test]
@@ -362,6 +468,46 @@ mod tests {
                 r#"{"cniVersion":"1.1.0","name":"n","type":"sluice","cni.dev/valid-attachments":[{"x":1}]}"#,
                 Code::InvalidConfig,
                 "valid-attachments",
+            ),
+            (
+                r#"{"cniVersion":"banana","name":"n","type":"sluice"}"#,
+                Code::IncompatibleVersion,
+                "banana",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"sluice","ipam":"host-local"}"#,
+                Code::InvalidConfig,
+                "ipam",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"sluice","runtimeConfig":{"ips":["10.0.0.1/33"]}}"#,
+                Code::InvalidConfig,
+                "10.0.0.1/33",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"sluice","runtimeConfig":{"mac":5}}"#,
+                Code::InvalidConfig,
+                "runtimeConfig.mac",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"sluice","args":{"cni":{"mac":5}}}"#,
+                Code::InvalidConfig,
+                "args.cni.mac",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"sluice","args":[]}"#,
+                Code::InvalidConfig,
+                "args",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"sluice","dns":"1.1.1.1"}"#,
+                Code::InvalidConfig,
+                "dns",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"sluice","logFile":"sluice.log"}"#,
+                Code::InvalidConfig,
+                "logFile",
             ),
         ];
         for (input, code, needle) in cases {

@@ -27,6 +27,12 @@ impl Verb {
             Verb::Version => "VERSION",
         }
     }
+
+    /// ADD, DEL and CHECK act on one attachment (container id + interface name); STATUS, GC
+    /// and VERSION act on the network as a whole and get neither.
+    pub fn is_attachment(self) -> bool {
+        matches!(self, Verb::Add | Verb::Del | Verb::Check)
+    }
 }
 
 /// The environment of one invocation.
@@ -74,8 +80,22 @@ pub fn validate_ifname(name: &str) -> Result<(), CniError> {
     Ok(())
 }
 
-/// Read and validate the environment. `get` returns a variable's value (empty = unset).
-pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Env, CniError> {
+/// The environment as read, before the container id, the interface name and `CNI_ARGS` are
+/// checked: libcni's skel reports a missing variable first, then a bad configuration (JSON,
+/// `name`), and only then a bad container id or interface name; `run` keeps that order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawEnv {
+    pub verb: Verb,
+    pub container_id: String,
+    pub netns: Option<String>,
+    pub ifname: String,
+    pub args: String,
+    pub path: String,
+}
+
+/// Read the environment: the command and the variables it requires (skel's
+/// `getCmdArgsFromEnv`). `get` returns a variable's value (empty = unset).
+pub fn read(get: impl Fn(&str) -> Option<String>) -> Result<RawEnv, CniError> {
     let var = |k: &str| get(k).unwrap_or_default();
     let command = var("CNI_COMMAND");
     let verb = match command.as_str() {
@@ -94,11 +114,11 @@ pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Env, CniError> {
         other => {
             return Err(CniError::new(
                 Code::InvalidEnv,
-                format!("unknown CNI_COMMAND: {other}"),
+                format!("unknown CNI_COMMAND: {other:?}"),
             ));
         }
     };
-    let attachment_verb = matches!(verb, Verb::Add | Verb::Del | Verb::Check);
+    let attachment_verb = verb.is_attachment();
     let needs_netns = matches!(verb, Verb::Add | Verb::Check);
     let mut missing = Vec::new();
     for (k, needed) in [
@@ -117,26 +137,63 @@ pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Env, CniError> {
             format!("required env variables [{}] missing", missing.join(",")),
         ));
     }
-    let container_id = var("CNI_CONTAINERID");
-    let ifname = var("CNI_IFNAME");
-    if attachment_verb {
-        if !valid_name(&container_id) {
-            return Err(CniError::new(
-                Code::InvalidEnv,
-                format!("CNI_CONTAINERID {container_id:?}: invalid characters in containerID"),
-            ));
-        }
-        validate_ifname(&ifname)?;
-    }
-    let args = args::parse(&var("CNI_ARGS"))?;
-    Ok(Env {
+    Ok(RawEnv {
         verb,
-        container_id,
+        container_id: var("CNI_CONTAINERID"),
         netns: Some(var("CNI_NETNS")).filter(|n| !n.is_empty()),
-        ifname,
-        args,
+        ifname: var("CNI_IFNAME"),
+        args: var("CNI_ARGS"),
         path: var("CNI_PATH"),
     })
+}
+
+impl RawEnv {
+    /// The container id and interface name (skel's `ValidateContainerID` and
+    /// `ValidateInterfaceName`), for the verbs that have them.
+    pub fn validate_names(&self) -> Result<(), CniError> {
+        if !self.verb.is_attachment() {
+            return Ok(());
+        }
+        if !valid_name(&self.container_id) {
+            return Err(CniError::new(
+                Code::InvalidEnv,
+                format!(
+                    "CNI_CONTAINERID {:?}: invalid characters in containerID",
+                    self.container_id
+                ),
+            ));
+        }
+        validate_ifname(&self.ifname)
+    }
+
+    /// Check the names and parse `CNI_ARGS`.
+    ///
+    /// `CNI_ARGS` is read only where it is used: ADD (and CHECK, which runs with ADD's
+    /// arguments) refuse a malformed one. DEL ignores it: it tears down by container id and
+    /// interface name alone, and must not fail for an argument a newer, stricter plugin
+    /// refuses but the one that ran ADD accepted. VERSION, STATUS and GC get no `CNI_ARGS` from
+    /// the spec, so whatever a runtime leaves in the variable cannot fail them.
+    pub fn validate(self) -> Result<Env, CniError> {
+        self.validate_names()?;
+        let args = match self.verb {
+            Verb::Add | Verb::Check => args::parse(&self.args)?,
+            Verb::Del => args::parse(&self.args).unwrap_or_default(),
+            Verb::Status | Verb::Gc | Verb::Version => CniArgs::default(),
+        };
+        Ok(Env {
+            verb: self.verb,
+            container_id: self.container_id,
+            netns: self.netns,
+            ifname: self.ifname,
+            args,
+            path: self.path,
+        })
+    }
+}
+
+/// Read and validate the environment in one step (`read`, then `RawEnv::validate`).
+pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Env, CniError> {
+    read(get)?.validate()
 }
 
 #[cfg(test)]
@@ -203,6 +260,22 @@ mod tests {
             let mut bad = ADD.to_vec();
             bad[3] = ("CNI_IFNAME", name);
             assert_eq!(env(&bad).unwrap_err().code, Code::InvalidEnv, "{name:?}");
+        }
+    }
+
+    #[test]
+    fn cni_args_only_where_used() {
+        let with_args = |verb: &'static str| {
+            let mut e = ADD.to_vec();
+            e[0] = ("CNI_COMMAND", verb);
+            e.push(("CNI_ARGS", "junk;IP=nope"));
+            env(&e)
+        };
+        assert_eq!(with_args("ADD").unwrap_err().code, Code::InvalidEnv);
+        assert_eq!(with_args("CHECK").unwrap_err().code, Code::InvalidEnv);
+        assert_eq!(with_args("DEL").unwrap().args, CniArgs::default());
+        for v in ["VERSION", "STATUS", "GC"] {
+            assert!(with_args(v).is_ok(), "{v}");
         }
     }
 

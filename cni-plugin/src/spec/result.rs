@@ -46,6 +46,26 @@ fn decode(msg: String) -> CniError {
     CniError::new(Code::Decode, msg)
 }
 
+/// `prevResult.<key>`: a list, or nothing when absent or `null`.
+fn list<'a>(v: &'a Value, key: &str) -> Result<&'a [Value], CniError> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(&[]),
+        Some(Value::Array(a)) => Ok(a),
+        Some(_) => Err(decode(format!("prevResult.{key} must be a list"))),
+    }
+}
+
+/// A string field of an entry of `prevResult.<list>`: absent or `null` is `None`.
+fn opt_str<'a>(entry: &'a Value, list: &str, key: &str) -> Result<Option<&'a str>, CniError> {
+    match entry.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(decode(format!(
+            "prevResult.{list}: {key} {other} is not a string"
+        ))),
+    }
+}
+
 impl CniOutcome {
     /// The result JSON for `cni_version`.
     pub fn to_json(&self, cni_version: &str) -> Value {
@@ -104,73 +124,71 @@ impl CniOutcome {
         out
     }
 
-    /// Read a result of any supported version (a `prevResult`).
+    /// Read a result of any supported version (a `prevResult`). Keys may be absent or `null`
+    /// (as Go's encoding/json, which wrote it, reads them); a key that is present must have the
+    /// spec's type and a valid value: a result that CHECK compares with the live state must not
+    /// be read as something it does not say (a gateway dropped, an MTU truncated).
     pub fn from_json(v: &Value) -> Result<Self, CniError> {
         let mut out = CniOutcome::default();
-        if let Some(ifs) = v.get("interfaces") {
-            for i in ifs
-                .as_array()
-                .ok_or_else(|| decode("prevResult.interfaces must be a list".into()))?
-            {
-                out.interfaces.push(Interface {
-                    name: i
-                        .get("name")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_owned(),
-                    mac: i
-                        .get("mac")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_owned(),
-                    mtu: i.get("mtu").and_then(Value::as_u64).map(|m| m as u32),
-                    sandbox: i
-                        .get("sandbox")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_owned(),
-                });
+        for i in list(v, "interfaces")? {
+            if !i.is_object() {
+                return Err(decode(format!("prevResult.interfaces: {i} is not an object")));
             }
+            let text =
+                |k: &str| Ok::<_, CniError>(opt_str(i, "interfaces", k)?.unwrap_or_default().to_owned());
+            out.interfaces.push(Interface {
+                name: text("name")?,
+                mac: text("mac")?,
+                mtu: match i.get("mtu") {
+                    None | Some(Value::Null) => None,
+                    Some(m) => Some(
+                        m.as_u64()
+                            .and_then(|m| u32::try_from(m).ok())
+                            .ok_or_else(|| decode(format!("prevResult.interfaces: mtu {m} is not an MTU")))?,
+                    ),
+                },
+                sandbox: text("sandbox")?,
+            });
         }
-        if let Some(ips) = v.get("ips") {
-            for ip in ips
-                .as_array()
-                .ok_or_else(|| decode("prevResult.ips must be a list".into()))?
-            {
-                let addr = ip
-                    .get("address")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| decode(format!("prevResult.ips: {ip} has no address")))?;
-                let address: IpNetwork = addr
-                    .parse()
-                    .map_err(|_| decode(format!("prevResult.ips: {addr:?} is not an address/prefix")))?;
-                let gateway =
-                    match ip.get("gateway").and_then(Value::as_str) {
-                        Some(g) => Some(g.parse().map_err(|_| {
-                            decode(format!("prevResult.ips: gateway {g:?} is not an address"))
-                        })?),
-                        None => None,
-                    };
-                out.ips.push(IpConfig {
-                    address,
-                    gateway,
-                    interface: ip.get("interface").and_then(Value::as_u64).map(|i| i as usize),
-                });
-            }
+        for ip in list(v, "ips")? {
+            let addr = opt_str(ip, "ips", "address")?
+                .ok_or_else(|| decode(format!("prevResult.ips: {ip} has no address")))?;
+            let address: IpNetwork = addr
+                .parse()
+                .map_err(|_| decode(format!("prevResult.ips: {addr:?} is not an address/prefix")))?;
+            let gateway = match opt_str(ip, "ips", "gateway")? {
+                Some(g) => Some(
+                    g.parse()
+                        .map_err(|_| decode(format!("prevResult.ips: gateway {g:?} is not an address")))?,
+                ),
+                None => None,
+            };
+            let interface = match ip.get("interface") {
+                None | Some(Value::Null) => None,
+                Some(n) => Some(
+                    n.as_u64()
+                        .and_then(|n| usize::try_from(n).ok())
+                        .ok_or_else(|| decode(format!("prevResult.ips: interface {n} is not an index")))?,
+                ),
+            };
+            out.ips.push(IpConfig {
+                address,
+                gateway,
+                interface,
+            });
         }
-        if let Some(routes) = v.get("routes") {
-            for r in routes
-                .as_array()
-                .ok_or_else(|| decode("prevResult.routes must be a list".into()))?
-            {
-                let dst = r
-                    .get("dst")
-                    .and_then(Value::as_str)
-                    .and_then(|d| d.parse().ok())
-                    .ok_or_else(|| decode(format!("prevResult.routes: {r} has no valid dst")))?;
-                let gw = r.get("gw").and_then(Value::as_str).and_then(|g| g.parse().ok());
-                out.routes.push(Route { dst, gw });
-            }
+        for r in list(v, "routes")? {
+            let dst = opt_str(r, "routes", "dst")?
+                .and_then(|d| d.parse().ok())
+                .ok_or_else(|| decode(format!("prevResult.routes: {r} has no valid dst")))?;
+            let gw = match opt_str(r, "routes", "gw")? {
+                Some(g) => Some(
+                    g.parse()
+                        .map_err(|_| decode(format!("prevResult.routes: gw {g:?} is not an address")))?,
+                ),
+                None => None,
+            };
+            out.routes.push(Route { dst, gw });
         }
         out.dns = v.get("dns").cloned().filter(|d| d.is_object());
         Ok(out)
@@ -263,12 +281,27 @@ mod tests {
     }
 
     #[test]
+    fn null_reads_as_absent() {
+        let r = CniOutcome::from_json(
+            &json!({"interfaces": null, "ips": null, "routes": [{"dst": "::/0", "gw": null}]}),
+        )
+        .unwrap();
+        assert!(r.interfaces.is_empty() && r.ips.is_empty());
+        assert_eq!(r.routes[0].gw, None);
+    }
+
+    #[test]
     fn malformed_prev_results() {
         for bad in [
             json!({"ips": "x"}),
             json!({"ips": [{"gateway": "1.1.1.1"}]}),
             json!({"ips": [{"address": "nope"}]}),
             json!({"routes": [{"gw": "1.1.1.1"}]}),
+            json!({"routes": [{"dst": "0.0.0.0/0", "gw": "gw"}]}),
+            json!({"ips": [{"address": "10.0.0.1/32", "gateway": 7}]}),
+            json!({"ips": [{"address": "10.0.0.1/32", "interface": -1}]}),
+            json!({"interfaces": [{"name": "eth0", "mtu": 4294968796u64}]}),
+            json!({"interfaces": ["eth0"]}),
         ] {
             assert_eq!(
                 CniOutcome::from_json(&bad).unwrap_err().code,

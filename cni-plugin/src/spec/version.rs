@@ -23,29 +23,27 @@ impl Version {
     }
 }
 
-/// Check a configuration's `cniVersion` (an absent one means 0.1.0, as in libcni).
+/// Check a configuration's `cniVersion` (an absent one means 0.1.0, as in libcni). Like
+/// libcni's reconciler, any string that is not one of `SUPPORTED` is an incompatible version
+/// (1), whether it is `9.9.9` or `banana`: the runtime learns the same thing either way, and the
+/// message and details name the version and the supported ones.
 pub fn check(v: &str) -> Result<Version, CniError> {
+    let supported = || format!("supported versions: {}", SUPPORTED.join(", "));
     if v.is_empty() {
         return Err(CniError::new(
             Code::IncompatibleVersion,
             "incompatible CNI versions: config has no cniVersion (0.1.0 assumed)",
         )
-        .with_details(format!("supported versions: {}", SUPPORTED.join(", "))));
+        .with_details(supported()));
     }
-    let parsed = Version::parse(v).ok_or_else(|| {
-        CniError::new(
-            Code::Decode,
-            format!("cniVersion {v:?} is not a version of the form x.y.z"),
-        )
-    })?;
     if !SUPPORTED.contains(&v) {
         return Err(CniError::new(
             Code::IncompatibleVersion,
-            format!("incompatible CNI versions: cniVersion {v} is not supported"),
+            format!("incompatible CNI versions: cniVersion {v:?} is not supported"),
         )
-        .with_details(format!("supported versions: {}", SUPPORTED.join(", "))));
+        .with_details(supported()));
     }
-    Ok(parsed)
+    Ok(Version::parse(v).expect("SUPPORTED holds x.y.z versions"))
 }
 
 #[cfg(test)]
@@ -65,7 +63,8 @@ mod tests {
         assert_eq!(check("").unwrap_err().code, Code::IncompatibleVersion);
         assert_eq!(check("0.2.0").unwrap_err().code, Code::IncompatibleVersion);
         assert_eq!(check("2.0.0").unwrap_err().code, Code::IncompatibleVersion);
-        assert_eq!(check("banana").unwrap_err().code, Code::Decode);
+        assert_eq!(check("banana").unwrap_err().code, Code::IncompatibleVersion);
+        assert_eq!(check(" 1.0.0").unwrap_err().code, Code::IncompatibleVersion);
         assert!(check("1.0.0").is_ok());
         assert!(check("0.4.0").is_ok());
     }
