@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod maps;
 pub mod netpol;
 pub mod ns;
+pub mod podman;
 pub mod traffic;
 
 use std::{

@@ -25,7 +25,14 @@ const BUILD_PACKAGES: &[&str] = &[
 ];
 
 /// What the tests add: real runtimes and peers.
-const TEST_PACKAGES: &[&str] = &[];
+const TEST_PACKAGES: &[&str] = &[
+    // tests/tests/podman.rs: podman 4.3 with its CNI backend as the runtime.
+    "podman",
+    // Its OCI runtime there: Debian's default crun 1.8 refuses cgroup v1/hybrid hosts.
+    "runc",
+    // The containers' rootfs (no registry): a static /bin/busybox and its applets.
+    "busybox-static",
+];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// LLVM major of Debian's rustc 1.96; bpf-linker's feature must match it.
