@@ -24,6 +24,9 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
             .mode(mode)
             .open(&tmp)?;
         f.write_all(data)?;
+        // Explicitly: the process umask must not narrow the mode asked for.
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
         f.sync_all()?;
     }
     fs::rename(&tmp, path)?;

@@ -44,6 +44,9 @@ fn install_binary(src: &Path, bin_dir: &Path) -> anyhow::Result<PathBuf> {
             .open(&tmp)
             .with_context(|| format!("writing {}", tmp.display()))?;
         f.write_all(&data)?;
+        // The daemon's umask is 077: set the mode runtimes need explicitly.
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o755))?;
         f.sync_all()?;
     }
     std::fs::rename(&tmp, &dst).with_context(|| format!("installing {}", dst.display()))?;
