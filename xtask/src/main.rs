@@ -46,7 +46,8 @@ enum Cmd {
         /// Shorter runs and smaller sizes (under 3 minutes).
         #[arg(long)]
         quick: bool,
-        /// Rounds of the interleaved traffic and policy measurements (default 3 quick, 5 full).
+        /// Rounds of the interleaved traffic measurements (default 3 quick, 5 full; the policy
+        /// phase runs twice as many, shorter, in a full run).
         #[arg(long)]
         rounds: Option<usize>,
         /// Only these phases (comma-separated): traffic, cni, policy, progrun, memory.

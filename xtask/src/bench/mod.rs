@@ -63,7 +63,10 @@ pub struct Config {
     pub stream_secs: u32,
     pub sockperf_secs: u32,
     pub crr: Duration,
-    pub rr: Duration,
+    /// The policy phase: more, shorter rounds than the traffic phase (its single-connection
+    /// RR is the most placement-sensitive figure; more rounds steady its median).
+    pub policy_rounds: usize,
+    pub policy_run: Duration,
     pub cni_pods: usize,
     pub conc_pods: usize,
     /// Repetitions of the concurrent ADD wall time.
@@ -85,7 +88,8 @@ impl Config {
                 stream_secs: 1,
                 sockperf_secs: 1,
                 crr: Duration::from_millis(500),
-                rr: Duration::from_millis(500),
+                policy_rounds: rounds.unwrap_or(5),
+                policy_run: Duration::from_millis(300),
                 cni_pods: 20,
                 conc_pods: 100,
                 conc_reps: 1,
@@ -103,7 +107,8 @@ impl Config {
                 stream_secs: 4,
                 sockperf_secs: 3,
                 crr: Duration::from_secs(2),
-                rr: Duration::from_secs(2),
+                policy_rounds: rounds.map(|r| r * 2).unwrap_or(10),
+                policy_run: Duration::from_secs(1),
                 cni_pods: 100,
                 conc_pods: 100,
                 conc_reps: 3,

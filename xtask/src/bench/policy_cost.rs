@@ -303,7 +303,7 @@ pub fn measure(cfg: &Config, p: &PolicyTopos, rep: &mut Report) -> Result<()> {
     }
     let mut rr: Vec<Vec<f64>> = vec![Vec::new(); all.len()];
     let mut crr: Vec<Vec<f64>> = vec![Vec::new(); all.len()];
-    for r in 0..cfg.rounds {
+    for r in 0..cfg.policy_rounds {
         for crr_round in [false, true] {
             let mut order: Vec<usize> = (0..all.len()).collect();
             let k = r % all.len().max(1);
@@ -312,17 +312,17 @@ pub fn measure(cfg: &Config, p: &PolicyTopos, rep: &mut Report) -> Result<()> {
                 netns::check_interrupted()?;
                 let (fam, n, t) = &all[i];
                 if crr_round {
-                    let v = measure::tcp_crr(&t.client, t.server_ip, cfg.crr)
+                    let v = measure::tcp_crr(&t.client, t.server_ip, cfg.policy_run)
                         .with_context(|| format!("{fam} N={n} crr"))?;
                     crr[i].push(v);
                 } else {
-                    let v = measure::tcp_rr(&t.client, t.server_ip, cfg.rr)
+                    let v = measure::tcp_rr(&t.client, t.server_ip, cfg.policy_run)
                         .with_context(|| format!("{fam} N={n} rr"))?;
                     rr[i].push(v.per_s);
                 }
             }
         }
-        eprintln!("bench: policy round {}/{} done", r + 1, cfg.rounds);
+        eprintln!("bench: policy round {}/{} done", r + 1, cfg.policy_rounds);
     }
     let mut rows = Vec::new();
     for (i, (fam, n, _)) in all.iter().enumerate() {
@@ -359,7 +359,7 @@ pub fn measure(cfg: &Config, p: &PolicyTopos, rep: &mut Report) -> Result<()> {
         note: format!(
             "{} rounds, interleaved; RR = 64 B request/response on one TCP connection, CRR = new \
              connection per request. sluice apply time of the N rules: {}.",
-            cfg.rounds,
+            cfg.policy_rounds,
             p.apply_s
                 .iter()
                 .map(|(n, s)| format!("N={n} {s:.2}s"))
