@@ -151,7 +151,7 @@ impl Report {
     }
 
     pub fn markdown(&self, header: &str) -> String {
-        let mut s = format!("# sluice benchmark\n\n{header}\n\n");
+        let mut s = format!("# sluice benchmark\n\n{header}\n\n![ratios to the veth pair](report.svg)\n\n");
         s.push_str(&self.targets_table(true));
         s.push('\n');
         s.push_str(&self.tables(true));
