@@ -32,7 +32,7 @@ use super::{
     cni::Pod,
     daemon::Sluiced,
     measure, netns,
-    report::{Report, Section, fmt_num, fmt_ratio},
+    report::{Report, Section, fmt_num, fmt_ratio_range},
     stats,
     topology::Topo,
 };
@@ -345,8 +345,8 @@ pub fn measure(cfg: &Config, p: &PolicyTopos, rep: &mut Report) -> Result<()> {
         rows.push(vec![
             family.to_owned(),
             n.to_string(),
-            fmt_ratio(rr_ratio),
-            fmt_ratio(crr_ratio),
+            fmt_ratio_range(rr_ratio, stats::ratio_range(&rr[i], &rr[base])),
+            fmt_ratio_range(crr_ratio, stats::ratio_range(&crr[i], &crr[base])),
             fmt_num(stats::median(&rr[i])),
             fmt_num(stats::median(&crr[i])),
         ]);
@@ -355,7 +355,8 @@ pub fn measure(cfg: &Config, p: &PolicyTopos, rep: &mut Report) -> Result<()> {
         rep.num(&format!("policy{}_apply_s", n_label(*n)), *s);
     }
     rep.sections.push(Section {
-        title: "Policy cost: rules selecting other pods (ratio to N = 0 of the same family)".into(),
+        title: "Policy cost: rules selecting other pods (ratio to N = 0 of the same family; median, min-max)"
+            .into(),
         note: format!(
             "{} rounds, interleaved; RR = 64 B request/response on one TCP connection, CRR = new \
              connection per request. sluice apply time of the N rules: {}.",

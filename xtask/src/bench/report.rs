@@ -34,6 +34,15 @@ pub fn fmt_ratio(x: f64) -> String {
     }
 }
 
+/// `median (min-max)` of per-round ratios; just the median when the rounds agree exactly.
+pub fn fmt_ratio_range(median: f64, (lo, hi): (f64, f64)) -> String {
+    if !lo.is_finite() || (hi - lo).abs() < 0.005 {
+        fmt_ratio(median)
+    } else {
+        format!("{} ({}-{})", fmt_ratio(median), fmt_ratio(lo), fmt_ratio(hi))
+    }
+}
+
 /// Three significant figures or so, without scientific notation.
 pub fn fmt_num(x: f64) -> String {
     if !x.is_finite() {

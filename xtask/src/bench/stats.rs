@@ -33,6 +33,15 @@ pub fn median_ratio(a: &[f64], b: &[f64]) -> f64 {
     median(&r)
 }
 
+/// Smallest and largest of the pairwise ratios `a[i] / b[i]`: how much the rounds disagree.
+pub fn ratio_range(a: &[f64], b: &[f64]) -> (f64, f64) {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| x / y)
+        .filter(|r| r.is_finite())
+        .fold((f64::NAN, f64::NAN), |(lo, hi), r| (lo.min(r), hi.max(r)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -43,6 +52,7 @@ mod tests {
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
         assert!(median(&[]).is_nan());
         assert_eq!(median_ratio(&[2.0, 9.0, 3.0], &[1.0, 3.0, 3.0]), 2.0);
+        assert_eq!(ratio_range(&[2.0, 9.0, 3.0], &[1.0, 3.0, 3.0]), (1.0, 3.0));
     }
 
     #[test]

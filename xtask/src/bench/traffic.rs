@@ -10,7 +10,7 @@ use super::{
     Config,
     measure::{self, RrStats},
     netns,
-    report::{Report, Section, fmt_num, fmt_ratio},
+    report::{Report, Section, fmt_num, fmt_ratio_range},
     stats,
     topology::Topo,
 };
@@ -95,6 +95,10 @@ impl Traffic {
         stats::median_ratio(&self.series(label, f), &self.series(reference, f))
     }
 
+    fn range(&self, label: &str, reference: &str, f: impl Fn(&Values) -> f64 + Copy) -> (f64, f64) {
+        stats::ratio_range(&self.series(label, f), &self.series(reference, f))
+    }
+
     fn abs(&self, label: &str, f: impl Fn(&Values) -> f64) -> f64 {
         stats::median(&self.series(label, f))
     }
@@ -118,7 +122,7 @@ impl Traffic {
             for l in &self.labels {
                 let ratio = self.ratio(l, "veth", f);
                 let abs = self.abs(l, f);
-                rr.push(fmt_ratio(ratio));
+                rr.push(fmt_ratio_range(ratio, self.range(l, "veth", f)));
                 ar.push(fmt_num(abs));
                 rep.num(&format!("{key}_{l}_vs_veth"), ratio);
                 let unit = match key {
@@ -146,9 +150,10 @@ impl Traffic {
         let mut header = vec!["figure".to_owned()];
         header.extend(self.labels.iter().map(|l| l.to_string()));
         rep.sections.push(Section {
-            title: "Pod-to-pod traffic, ratio to the veth pair (median of per-round ratios)".into(),
+            title: "Pod-to-pod traffic, ratio to the veth pair (median of per-round ratios, min-max)".into(),
             note: format!(
-                "{} rounds, interleaved; >1 is better for rates, <1 is better for latencies.",
+                "{} rounds, interleaved; >1 is better for rates, <1 is better for latencies. The range \
+                 shows how far single rounds strayed (a busy machine widens it).",
                 self.rounds.len()
             ),
             header: header.clone(),
