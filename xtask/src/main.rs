@@ -4,9 +4,11 @@
 //! - `build`: setup, then `cargo build --release`
 //! - `test`:  setup, then formatting, lints, unit tests and the privileged integration tests
 //! - `demo`:  setup, build, then a node with three pods on the real binaries
+//! - `bench`: setup, build (unless `SLUICE_BIN_DIR` is set), then the benchmark (`bench/`)
 //!
 //! Every command runs `setup` first.
 
+mod bench;
 mod demo;
 mod setup;
 mod sh;
@@ -39,6 +41,25 @@ enum Cmd {
     },
     /// Start a node with three pods and show traffic, counters and drops.
     Demo,
+    /// Benchmark sluice against a veth pair, loopback and the reference CNI plugins (root).
+    Bench {
+        /// Shorter runs and smaller sizes (under 3 minutes).
+        #[arg(long)]
+        quick: bool,
+        /// Rounds of the interleaved traffic measurements (default 3 quick, 5 full; the policy
+        /// phase runs twice as many, shorter, in a full run).
+        #[arg(long)]
+        rounds: Option<usize>,
+        /// Only these phases (comma-separated): traffic, cni, policy, progrun, memory.
+        #[arg(long, value_delimiter = ',')]
+        only: Option<Vec<String>>,
+        /// Use the sluice binaries in this directory instead of building them.
+        #[arg(long, env = "SLUICE_BIN_DIR")]
+        bin_dir: Option<std::path::PathBuf>,
+        /// Where to write report.md, report.svg and latest.json.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -60,6 +81,32 @@ fn main() -> Result<()> {
             setup::run(setup::Profile::Build)?;
             build_release()?;
             demo::run()
+        }
+        Cmd::Bench {
+            quick,
+            rounds,
+            only,
+            bin_dir,
+            out,
+        } => {
+            let bins = match bin_dir {
+                Some(dir) => {
+                    setup::run(setup::Profile::BenchPrebuilt)?;
+                    dir
+                }
+                None => {
+                    setup::run(setup::Profile::Bench)?;
+                    build_release()?;
+                    sh::root().join("target/release")
+                }
+            };
+            bench::run(bench::Options {
+                quick,
+                rounds,
+                only,
+                bins,
+                out: out.unwrap_or_else(|| sh::root().join("target/bench")),
+            })
         }
     }
 }

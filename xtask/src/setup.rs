@@ -34,6 +34,19 @@ const TEST_PACKAGES: &[&str] = &[
     "busybox-static",
 ];
 
+/// What `cargo xtask bench` adds: the traffic tools, the reference CNI plugins
+/// (`/usr/lib/cni/{bridge,ptp,host-local,loopback}`) and iptables (legacy and nft) for the
+/// iptables-based policy comparison. bpftool runs the eBPF programs with BPF_PROG_TEST_RUN.
+const BENCH_PACKAGES: &[&str] = &[
+    "iperf3",
+    "sockperf",
+    "containernetworking-plugins",
+    "iptables",
+    "bpftool",
+    "iproute2",
+    "util-linux",
+];
+
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// LLVM major of Debian's rustc 1.96; bpf-linker's feature must match it.
 const LLVM_MAJOR: &str = "22";
@@ -43,6 +56,10 @@ const RUSTC_RELEASE: &str = "1.96.";
 pub enum Profile {
     Build,
     Test,
+    /// The benchmark, building the release binaries itself (build toolchain + bench tools).
+    Bench,
+    /// The benchmark against prebuilt binaries (`SLUICE_BIN_DIR`): the bench tools only.
+    BenchPrebuilt,
 }
 
 fn missing_packages(pkgs: &[&str]) -> Vec<String> {
@@ -141,9 +158,16 @@ pub fn run(profile: Profile) -> Result<()> {
             debian.trim()
         );
     }
-    let mut pkgs: Vec<&str> = BUILD_PACKAGES.to_vec();
-    if profile == Profile::Test {
-        pkgs.extend(TEST_PACKAGES);
+    let toolchain = profile != Profile::BenchPrebuilt;
+    let mut pkgs: Vec<&str> = if toolchain {
+        BUILD_PACKAGES.to_vec()
+    } else {
+        Vec::new()
+    };
+    match profile {
+        Profile::Test => pkgs.extend(TEST_PACKAGES),
+        Profile::Bench | Profile::BenchPrebuilt => pkgs.extend(BENCH_PACKAGES),
+        Profile::Build => {}
     }
     let missing = missing_packages(&pkgs);
     if !missing.is_empty() {
@@ -153,6 +177,13 @@ pub fn run(profile: Profile) -> Result<()> {
             missing.join(" ")
         );
         apt_install(&missing)?;
+    }
+    if !toolchain {
+        if sh::is_root() {
+            ensure_bpffs()?;
+        }
+        eprintln!("setup: ok (bench tools; prebuilt sluice binaries)");
+        return Ok(());
     }
     check_debian_rustc()?;
     if !bpf_linker_ok() {

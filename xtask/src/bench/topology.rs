@@ -1,0 +1,183 @@
+//! The pod-to-pod topologies the bench compares, each a client namespace and a server
+//! namespace with an address to reach, all on this machine and inside namespaces the bench
+//! creates:
+//!
+//! - `veth`: two namespaces joined by one veth pair (the reference: nothing but the pair);
+//! - `loopback`: client and server in one namespace on 127.0.0.1 (the ceiling);
+//! - `sluice`: sluiced in a node namespace, two pods wired by the real plugin binary;
+//! - `bridge`, `ptp`: containernetworking-plugins' bridge and ptp with host-local IPAM, in a
+//!   node namespace of their own.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
+    path::PathBuf,
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use serde_json::json;
+
+use super::{
+    Bins,
+    cni::{Plugin, Pod},
+    daemon::Sluiced,
+    measure::{self, Servers},
+    netns::{self, Netns, TempDir},
+};
+
+pub struct Topo {
+    pub label: &'static str,
+    /// Dropped first: servers stop before their namespaces go.
+    servers: Option<Servers>,
+    pub client: PathBuf,
+    pub server: PathBuf,
+    pub server_ip: IpAddr,
+    pub client_ip: IpAddr,
+    pub pods: Vec<Pod>,
+    pub plugin: Option<Plugin>,
+    pub daemon: Option<Sluiced>,
+    /// The node namespace (CNI topologies) or the pair's namespaces.
+    pub nss: Vec<Netns>,
+    _dirs: Vec<TempDir>,
+}
+
+impl Topo {
+    fn bare(
+        label: &'static str,
+        client: PathBuf,
+        server: PathBuf,
+        client_ip: IpAddr,
+        server_ip: IpAddr,
+    ) -> Self {
+        Self {
+            label,
+            servers: None,
+            client,
+            server,
+            server_ip,
+            client_ip,
+            pods: Vec::new(),
+            plugin: None,
+            daemon: None,
+            nss: Vec::new(),
+            _dirs: Vec::new(),
+        }
+    }
+
+    /// The node namespace of a CNI topology.
+    pub fn node(&self) -> Result<&Netns> {
+        self.nss
+            .first()
+            .with_context(|| format!("{} has no node namespace", self.label))
+    }
+
+    /// A veth pair between two namespaces, 10.250.0.1/24 and .2/24, created inside them.
+    pub fn veth() -> Result<Self> {
+        let a = Netns::new("vetha")?;
+        let b = Netns::new("vethb")?;
+        let bpath = b.path();
+        netns::ip(&[
+            "-n", &a.name, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &b.name,
+        ])?;
+        for (ns, addr) in [(&a, "10.250.0.1/24"), (&b, "10.250.0.2/24")] {
+            netns::ip(&["-n", &ns.name, "addr", "add", addr, "dev", "eth0"])?;
+            netns::ip(&["-n", &ns.name, "link", "set", "eth0", "up"])?;
+        }
+        let mut t = Self::bare(
+            "veth",
+            a.path(),
+            bpath,
+            Ipv4Addr::new(10, 250, 0, 1).into(),
+            Ipv4Addr::new(10, 250, 0, 2).into(),
+        );
+        t.nss = vec![a, b];
+        Ok(t)
+    }
+
+    /// One namespace, 127.0.0.1 to 127.0.0.1.
+    pub fn loopback() -> Result<Self> {
+        let l = Netns::new("lo")?;
+        let lo: IpAddr = Ipv4Addr::LOCALHOST.into();
+        let mut t = Self::bare("loopback", l.path(), l.path(), lo, lo);
+        t.nss = vec![l];
+        Ok(t)
+    }
+
+    /// Two pods (`client`, `server`) ADDed through `plugin` in `node`.
+    fn with_pods(label: &'static str, node: Netns, plugin: Plugin, names: [&str; 2]) -> Result<Self> {
+        let client = Pod::add(&plugin, names[0])?;
+        let server = Pod::add(&plugin, names[1])?;
+        let mut t = Self::bare(
+            label,
+            client.ns.path(),
+            server.ns.path(),
+            client.ip()?,
+            server.ip()?,
+        );
+        t.pods = vec![client, server];
+        t.plugin = Some(plugin);
+        t.nss = vec![node];
+        Ok(t)
+    }
+
+    /// sluiced in a node namespace; two pods through the plugin. `manifests`: run sluiced in
+    /// manifests mode (the policy topologies write their Namespace/Pod objects first).
+    pub fn sluice(bins: &Bins, cidr: &str, manifests: Option<&str>) -> Result<Self> {
+        let node = Netns::new("node")?;
+        let daemon = Sluiced::start(bins, &node, cidr, manifests.is_some())?;
+        if let Some(model) = manifests {
+            let rev = daemon.revision()?;
+            daemon.write_manifest("00-model.json", model)?;
+            daemon.wait_applied(rev, Duration::from_secs(30), |_| true)?;
+        }
+        let plugin = Plugin::new("sluice", bins.get("sluice")?, &daemon.conf("slb-sluice"), &node);
+        // On failure `daemon` is dropped (stopped) here as well.
+        let mut t = Self::with_pods("sluice", node, plugin, ["client", "server"])?;
+        t.daemon = Some(daemon);
+        Ok(t)
+    }
+
+    /// containernetworking-plugins' `bridge` (`kind == "bridge"`) or `ptp` with host-local,
+    /// in a node namespace; host-local keeps its leases in a directory of ours.
+    pub fn reference_cni(kind: &'static str, subnet: &str) -> Result<Self> {
+        let node = Netns::new("node")?;
+        let dir = TempDir::new("hostlocal")?;
+        let ipam = json!({
+            "type": "host-local",
+            "ranges": [[{ "subnet": subnet }]],
+            "dataDir": dir.path.display().to_string(),
+        });
+        let conf = match kind {
+            "bridge" => json!({
+                "cniVersion": "1.0.0", "name": netns::ifname("br"), "type": "bridge",
+                "bridge": netns::ifname("br0"), "isGateway": true, "ipMasq": false, "ipam": ipam,
+            }),
+            _ => json!({
+                "cniVersion": "1.0.0", "name": netns::ifname("ptp"), "type": "ptp",
+                "ipMasq": false, "ipam": ipam,
+            }),
+        };
+        let plugin = Plugin::reference(kind, &conf, &node);
+        let mut t = Self::with_pods(kind, node, plugin, ["client", "server"])?;
+        t._dirs.push(dir);
+        Ok(t)
+    }
+
+    /// Start the servers in the server namespace and check the client reaches them.
+    pub fn start_servers(&mut self, tools: bool) -> Result<()> {
+        // The CRR loop opens tens of thousands of connections: give the client every port
+        // (its own namespace's knob), the same in every topology.
+        netns::sysctl(&self.client, "net.ipv4.ip_local_port_range", "1024 65535")?;
+        self.servers = Some(Servers::start(&self.server, self.server_ip, tools)?);
+        let ip = self.server_ip;
+        netns::run_in(&self.client, move || {
+            TcpStream::connect_timeout(&SocketAddr::new(ip, measure::RR_PORT), Duration::from_secs(3))
+                .with_context(|| format!("connecting to {ip}:{}", measure::RR_PORT))?;
+            Ok(())
+        })
+        .with_context(|| format!("{}: the client cannot reach the server", self.label))?;
+        measure::tcp_rr(&self.client, ip, Duration::from_millis(50))
+            .with_context(|| format!("{}: request/response does not work", self.label))?;
+        Ok(())
+    }
+}
