@@ -1,20 +1,30 @@
 //! The policy compiler: from the cluster model and this node's endpoints to what the datapath
 //! looks up per new flow: each local endpoint's identity and isolation, the ipcache (address
-//! prefix → identity) and the allow entries (endpoint, peer identity, direction, protocol, port
-//! prefix). Per-packet cost is then independent of the number of policies and rules.
+//! prefix → identity) and the allow entries (subject identity, peer identity, direction,
+//! protocol, port prefix). Per-packet cost is then independent of the number of policies and
+//! rules.
+//!
+//! Entries are keyed by the *local pod's identity* (the subject), not by endpoint: an identity
+//! stands for everything selection and named-port resolution depend on (namespace, labels,
+//! container ports, ipBlock region), so pods alike share their entries, and the number of
+//! entries follows the number of distinct kinds of pods, not of pods.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::IpAddr,
+    sync::Arc,
 };
 
 use ipnetwork::IpNetwork;
-use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
+use k8s_openapi::{
+    api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort},
+    apimachinery::pkg::util::intstr::IntOrString,
+};
 
 use crate::{
     identity::{IDENTITY_ANY, Identities, IdentityKey},
     model::{ClusterState, ContainerPort, Labels, PodInfo, Protocol},
-    ports::{self, PortPrefix},
+    ports::{self, PortMatch, PortPrefix},
     regions::{Block, Regions},
     selector,
 };
@@ -45,7 +55,9 @@ pub struct Input<'a> {
 /// One allow entry. `proto: None` allows every protocol and port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EntryKey {
-    pub ep_id: u32,
+    /// The identity of the local pod the entry is about.
+    pub subject: u32,
+    /// The peer's identity (`IDENTITY_ANY`: every peer).
     pub identity: u32,
     pub direction: Direction,
     pub proto: Option<u8>,
@@ -78,7 +90,7 @@ pub struct Compiled {
     pub entries: BTreeMap<EntryKey, u32>,
     /// Policy references → (namespace, name).
     pub policies: Vec<(String, String)>,
-    pub identities: BTreeMap<u32, IdentityKey>,
+    pub identities: BTreeMap<u32, Arc<IdentityKey>>,
     /// Local endpoint addresses → (endpoint, identity).
     local_ips: HashMap<IpAddr, (u32, u32)>,
 }
@@ -135,222 +147,188 @@ fn endpoint_pod(state: &ClusterState, ep: &LocalEndpoint) -> PodInfo {
         })
 }
 
+/// Which rule peer: (policy, egress?, rule, peer).
+type PeerRef = (usize, bool, usize, usize);
+
 struct Ctx<'a> {
     state: &'a ClusterState,
-    regions: Regions,
-    /// Every identity in use, with its key.
-    all: Vec<(u32, IdentityKey)>,
-    /// Cache: (policy namespace, peer as JSON) → matching identities.
-    peer_cache: HashMap<(String, String), Vec<u32>>,
+    identities: &'a BTreeMap<u32, Arc<IdentityKey>>,
+    /// Every pod identity.
+    pods: Vec<u32>,
+    /// ipBlock → identities inside it.
+    by_block: HashMap<Block, Vec<u32>>,
+    peer_cache: HashMap<PeerRef, Arc<Vec<u32>>>,
 }
 
 impl Ctx<'_> {
-    fn peer_identities(&mut self, policy_ns: &str, peer: &NetworkPolicyPeer) -> Vec<u32> {
-        let cache_key = (
-            policy_ns.to_owned(),
-            serde_json::to_string(peer).unwrap_or_default(),
-        );
-        if let Some(v) = self.peer_cache.get(&cache_key) {
+    fn peer_identities(&mut self, at: PeerRef, policy_ns: &str, peer: &NetworkPolicyPeer) -> Arc<Vec<u32>> {
+        if let Some(v) = self.peer_cache.get(&at) {
             return v.clone();
         }
         let out: Vec<u32> = if peer.ip_block.is_some() {
             // ipBlock with a selector beside it is invalid: it matches nothing.
             let with_selector = peer.pod_selector.is_some() || peer.namespace_selector.is_some();
             match peer_block(peer).filter(|_| !with_selector) {
-                Some(b) => self
-                    .all
-                    .iter()
-                    .filter(|(_, k)| k.blocks().contains(&b))
-                    .map(|(i, _)| *i)
-                    .collect(),
+                Some(b) => self.by_block.get(&b).cloned().unwrap_or_default(),
                 None => Vec::new(),
             }
         } else if peer.pod_selector.is_none() && peer.namespace_selector.is_none() {
             Vec::new()
         } else {
-            self.all
-                .iter()
-                .filter(|(_, k)| match k {
-                    IdentityKey::Pod {
-                        namespace, labels, ..
-                    } => {
-                        let ns_ok = match &peer.namespace_selector {
-                            Some(ns_sel) => {
-                                selector::matches(ns_sel, &self.state.namespace_labels(namespace))
-                            }
+            let mut ns_ok: HashMap<&str, bool> = HashMap::new();
+            let mut out = Vec::new();
+            for id in &self.pods {
+                let IdentityKey::Pod {
+                    namespace, labels, ..
+                } = &*self.identities[id]
+                else {
+                    continue;
+                };
+                let in_ns =
+                    *ns_ok
+                        .entry(namespace.as_str())
+                        .or_insert_with(|| match &peer.namespace_selector {
+                            Some(sel) => selector::matches(sel, &self.state.namespace_labels(namespace)),
                             None => namespace == policy_ns,
-                        };
-                        ns_ok
-                            && peer
-                                .pod_selector
-                                .as_ref()
-                                .is_none_or(|s| selector::matches(s, labels))
-                    }
-                    IdentityKey::Addresses { .. } => false,
-                })
-                .map(|(i, _)| *i)
-                .collect()
+                        });
+                if in_ns
+                    && peer
+                        .pod_selector
+                        .as_ref()
+                        .is_none_or(|s| selector::matches(s, labels))
+                {
+                    out.push(*id);
+                }
+            }
+            out
         };
-        self.peer_cache.insert(cache_key, out.clone());
+        let out = Arc::new(out);
+        self.peer_cache.insert(at, out.clone());
         out
     }
 
     fn ports_of(&self, identity: u32) -> Option<&[ContainerPort]> {
-        self.all
-            .iter()
-            .find(|(i, _)| *i == identity)
-            .and_then(|(_, k)| match k {
-                IdentityKey::Pod { ports, .. } => Some(ports.as_slice()),
-                IdentityKey::Addresses { .. } => None,
-            })
-    }
-
-    fn pod_identities(&self) -> Vec<u32> {
-        self.all
-            .iter()
-            .filter(|(_, k)| matches!(k, IdentityKey::Pod { .. }))
-            .map(|(i, _)| *i)
-            .collect()
+        match self.identities.get(&identity).map(|k| &**k) {
+            Some(IdentityKey::Pod { ports, .. }) => Some(ports.as_slice()),
+            _ => None,
+        }
     }
 }
 
 fn emit(
     out: &mut BTreeMap<EntryKey, u32>,
-    ep_id: u32,
+    subject: u32,
     identity: u32,
     direction: Direction,
-    m: Option<&ports::PortMatch>,
+    m: Option<&PortMatch>,
     pref: u32,
 ) {
+    let mut put = |proto, port| {
+        out.entry(EntryKey {
+            subject,
+            identity,
+            direction,
+            proto,
+            port,
+        })
+        .or_insert(pref);
+    };
     match m {
-        None => {
-            out.entry(EntryKey {
-                ep_id,
-                identity,
-                direction,
-                proto: None,
-                port: ALL_PORTS,
-            })
-            .or_insert(pref);
-        }
-        Some(m) if m.prefixes.is_empty() => {
-            let proto = Some(m.protocol.number());
-            out.entry(EntryKey {
-                ep_id,
-                identity,
-                direction,
-                proto,
-                port: ALL_PORTS,
-            })
-            .or_insert(pref);
-        }
-        Some(m) => {
-            for p in &m.prefixes {
-                let proto = Some(m.protocol.number());
-                out.entry(EntryKey {
-                    ep_id,
-                    identity,
-                    direction,
-                    proto,
-                    port: *p,
-                })
-                .or_insert(pref);
-            }
-        }
+        None => put(None, ALL_PORTS),
+        Some(m) if m.prefixes.is_empty() => put(Some(m.protocol.number()), ALL_PORTS),
+        Some(m) => m.prefixes.iter().for_each(|p| put(Some(m.protocol.number()), *p)),
     }
 }
 
-/// One rule of a policy selecting endpoint `ep` (whose container ports are `own_ports`).
+/// One rule of policy `pref` for the subject (a local pod identity whose ports are `own_ports`).
 #[allow(clippy::too_many_arguments)]
 fn compile_rule(
     ctx: &mut Ctx<'_>,
     out: &mut BTreeMap<EntryKey, u32>,
-    ep_id: u32,
+    subject: u32,
     own_ports: &[ContainerPort],
-    policy_ns: &str,
-    direction: Direction,
+    (pref, policy_ns): (usize, &str),
+    (direction, rule): (Direction, usize),
     peers: Option<&Vec<NetworkPolicyPeer>>,
     port_specs: Option<&Vec<NetworkPolicyPort>>,
-    pref: u32,
 ) {
+    let egress = direction == Direction::Egress;
     let peer_ids: Option<Vec<u32>> = match peers.filter(|p| !p.is_empty()) {
         None => None, // everywhere
         Some(peers) => {
             let mut ids: BTreeSet<u32> = BTreeSet::new();
-            for p in peers {
-                ids.extend(ctx.peer_identities(policy_ns, p));
+            for (i, p) in peers.iter().enumerate() {
+                ids.extend(ctx.peer_identities((pref, egress, rule, i), policy_ns, p).iter());
             }
             Some(ids.into_iter().collect())
         }
     };
+    let pref32 = pref as u32;
     let specs: &[NetworkPolicyPort] = port_specs.map(|v| v.as_slice()).unwrap_or_default();
     if specs.is_empty() {
         match &peer_ids {
-            None => emit(out, ep_id, IDENTITY_ANY, direction, None, pref),
+            None => emit(out, subject, IDENTITY_ANY, direction, None, pref32),
             Some(ids) => ids
                 .iter()
-                .for_each(|i| emit(out, ep_id, *i, direction, None, pref)),
+                .for_each(|i| emit(out, subject, *i, direction, None, pref32)),
         }
         return;
     }
     for spec in specs {
-        let named = matches!(
-            spec.port,
-            Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(
-                _
-            ))
-        );
-        match (direction, named) {
-            // Named ports of ingress rules are this pod's; numeric ports are the same for all peers.
-            (Direction::Ingress, _) | (Direction::Egress, false) => {
-                let Some(m) = ports::resolve(spec, Some(own_ports)) else {
-                    continue;
-                };
-                match &peer_ids {
-                    None => emit(out, ep_id, IDENTITY_ANY, direction, Some(&m), pref),
-                    Some(ids) => ids
-                        .iter()
-                        .for_each(|i| emit(out, ep_id, *i, direction, Some(&m), pref)),
-                }
-            }
+        let named = matches!(spec.port, Some(IntOrString::String(_)));
+        if direction == Direction::Egress && named {
             // Named ports of egress rules are each destination pod's own: resolve per identity
             // (a wildcard peer becomes every pod identity; non-pods have no named ports).
-            (Direction::Egress, true) => {
-                let ids = peer_ids.clone().unwrap_or_else(|| ctx.pod_identities());
-                for i in ids {
-                    if let Some(m) = ports::resolve(spec, ctx.ports_of(i)) {
-                        emit(out, ep_id, i, direction, Some(&m), pref);
-                    }
+            let ids = peer_ids.clone().unwrap_or_else(|| ctx.pods.clone());
+            for i in ids {
+                if let Some(m) = ports::resolve(spec, ctx.ports_of(i)) {
+                    emit(out, subject, i, direction, Some(&m), pref32);
                 }
             }
+            continue;
+        }
+        // Named ports of ingress rules are the subject's own; numeric ports are the same for
+        // every peer.
+        let Some(m) = ports::resolve(spec, Some(own_ports)) else {
+            continue;
+        };
+        match &peer_ids {
+            None => emit(out, subject, IDENTITY_ANY, direction, Some(&m), pref32),
+            Some(ids) => ids
+                .iter()
+                .for_each(|i| emit(out, subject, *i, direction, Some(&m), pref32)),
         }
     }
 }
 
-/// Drop entries another entry of the same (endpoint, identity, direction) already covers.
+/// Drop entries another entry of the same (subject, identity, direction) already covers.
 fn prune(entries: BTreeMap<EntryKey, u32>) -> BTreeMap<EntryKey, u32> {
-    let all_protos: BTreeSet<(u32, u32, Direction)> = entries
+    let all_protos: HashSet<(u32, u32, Direction)> = entries
         .keys()
         .filter(|k| k.proto.is_none())
-        .map(|k| (k.ep_id, k.identity, k.direction))
+        .map(|k| (k.subject, k.identity, k.direction))
         .collect();
-    let all_ports: BTreeSet<(u32, u32, Direction, u8)> = entries
+    let all_ports: HashSet<(u32, u32, Direction, u8)> = entries
         .keys()
-        .filter_map(|k| (k.port.len == 0).then_some((k.ep_id, k.identity, k.direction, k.proto?)))
+        .filter_map(|k| (k.port.len == 0).then_some((k.subject, k.identity, k.direction, k.proto?)))
         .collect();
     entries
         .into_iter()
-        .filter(|(k, _)| {
-            let base = (k.ep_id, k.identity, k.direction);
-            match k.proto {
-                None => true,
-                Some(p) => {
-                    !all_protos.contains(&base)
-                        && (k.port.len == 0 || !all_ports.contains(&(base.0, base.1, base.2, p)))
-                }
+        .filter(|(k, _)| match k.proto {
+            None => true,
+            Some(p) => {
+                !all_protos.contains(&(k.subject, k.identity, k.direction))
+                    && (k.port.len == 0 || !all_ports.contains(&(k.subject, k.identity, k.direction, p)))
             }
         })
         .collect()
+}
+
+/// What one subject (a kind of local pod) is subject to.
+struct Subject {
+    ingress_isolated: bool,
+    egress_isolated: bool,
+    selected_by: Vec<usize>,
 }
 
 /// Compile. `ids` keeps identity numbers stable across calls.
@@ -378,9 +356,9 @@ pub fn compile(input: &Input<'_>, ids: &mut Identities) -> Compiled {
         policies: policies.iter().map(|(k, _)| (*k).clone()).collect(),
         ..Default::default()
     };
-    let mut used: BTreeSet<u32> = BTreeSet::new();
+    let mut used: HashSet<u32> = HashSet::new();
     let mut add_identity = |c: &mut Compiled, key: IdentityKey| -> u32 {
-        let id = ids.get(&key);
+        let (id, key) = ids.get(key);
         used.insert(id);
         c.identities.entry(id).or_insert(key);
         id
@@ -424,7 +402,7 @@ pub fn compile(input: &Input<'_>, ids: &mut Identities) -> Compiled {
             );
         }
     }
-    let mut ep_pods = Vec::new();
+    let mut ep_ids: Vec<(u32, BTreeMap<IpAddr, u32>)> = Vec::new();
     for ep in input.endpoints {
         let pod = endpoint_pod(state, ep);
         let mut identities = BTreeMap::new();
@@ -440,7 +418,7 @@ pub fn compile(input: &Input<'_>, ids: &mut Identities) -> Compiled {
             c.local_ips.insert(*ip, (ep.ep_id, identity));
             identities.insert(*ip, identity);
         }
-        ep_pods.push((ep, pod, identities));
+        ep_ids.push((ep.ep_id, identities));
     }
     for ip in input.node_ips {
         let id = add_identity(
@@ -459,62 +437,119 @@ pub fn compile(input: &Input<'_>, ids: &mut Identities) -> Compiled {
     }
     ids.retain(&used);
 
+    let mut by_block: HashMap<Block, Vec<u32>> = HashMap::new();
+    let mut pods = Vec::new();
+    for (id, key) in &c.identities {
+        for b in key.blocks() {
+            by_block.entry(b.clone()).or_default().push(*id);
+        }
+        if matches!(**key, IdentityKey::Pod { .. }) {
+            pods.push(*id);
+        }
+    }
+    let identities = c.identities.clone();
     let mut ctx = Ctx {
         state,
-        regions,
-        all: c.identities.iter().map(|(i, k)| (*i, k.clone())).collect(),
+        identities: &identities,
+        pods,
+        by_block,
         peer_cache: HashMap::new(),
     };
-    let _ = &ctx.regions;
+    // Policies by namespace, and the selection of each (namespace, labels) computed once.
+    let mut by_ns: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, ((ns, _), _)) in policies.iter().enumerate() {
+        by_ns.entry(ns.as_str()).or_default().push(i);
+    }
+    let mut selection: HashMap<(String, Labels), Vec<usize>> = HashMap::new();
+    let subject_ids: BTreeSet<u32> = ep_ids.iter().flat_map(|(_, m)| m.values().copied()).collect();
     let mut entries = BTreeMap::new();
-    for (ep, pod, identities) in ep_pods {
-        let mut ep_policy = EndpointPolicy {
-            identities,
+    let mut subjects: HashMap<u32, Subject> = HashMap::new();
+    for subject in subject_ids {
+        let IdentityKey::Pod {
+            namespace,
+            labels,
+            ports: own_ports,
+            ..
+        } = &*identities[&subject]
+        else {
+            continue;
+        };
+        let selected = selection
+            .entry((namespace.clone(), labels.clone()))
+            .or_insert_with(|| {
+                by_ns
+                    .get(namespace.as_str())
+                    .into_iter()
+                    .flatten()
+                    .copied()
+                    .filter(|i| selects(policies[*i].1, &policies[*i].0.0, namespace, labels))
+                    .collect()
+            })
+            .clone();
+        let mut s = Subject {
             ingress_isolated: false,
             egress_isolated: false,
-            selected_by: Vec::new(),
+            selected_by: selected.clone(),
         };
-        for (pref, ((ns, _), p)) in policies.iter().enumerate() {
-            if !selects(p, ns, &pod.namespace, &pod.labels) {
-                continue;
-            }
-            ep_policy.selected_by.push(pref);
+        for pref in selected {
+            let ((ns, _), p) = policies[pref];
             let (ingress, egress) = policy_types(p);
             let spec = p.spec.as_ref();
             if ingress {
-                ep_policy.ingress_isolated = true;
-                for rule in spec.and_then(|s| s.ingress.as_ref()).into_iter().flatten() {
+                s.ingress_isolated = true;
+                for (r, rule) in spec
+                    .and_then(|s| s.ingress.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .enumerate()
+                {
                     compile_rule(
                         &mut ctx,
                         &mut entries,
-                        ep.ep_id,
-                        &pod.ports,
-                        ns,
-                        Direction::Ingress,
+                        subject,
+                        own_ports,
+                        (pref, ns),
+                        (Direction::Ingress, r),
                         rule.from.as_ref(),
                         rule.ports.as_ref(),
-                        pref as u32,
                     );
                 }
             }
             if egress {
-                ep_policy.egress_isolated = true;
-                for rule in spec.and_then(|s| s.egress.as_ref()).into_iter().flatten() {
+                s.egress_isolated = true;
+                for (r, rule) in spec
+                    .and_then(|s| s.egress.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .enumerate()
+                {
                     compile_rule(
                         &mut ctx,
                         &mut entries,
-                        ep.ep_id,
-                        &pod.ports,
-                        ns,
-                        Direction::Egress,
+                        subject,
+                        own_ports,
+                        (pref, ns),
+                        (Direction::Egress, r),
                         rule.to.as_ref(),
                         rule.ports.as_ref(),
-                        pref as u32,
                     );
                 }
             }
         }
-        c.endpoints.insert(ep.ep_id, ep_policy);
+        subjects.insert(subject, s);
+    }
+    for (ep_id, identities) in ep_ids {
+        // All identities of one endpoint share namespace, labels and ports: one selection.
+        let s = identities.values().next().and_then(|i| subjects.get(i));
+        c.endpoints.insert(
+            ep_id,
+            EndpointPolicy {
+                ingress_isolated: s.is_some_and(|s| s.ingress_isolated),
+                egress_isolated: s.is_some_and(|s| s.egress_isolated),
+                selected_by: s.map(|s| s.selected_by.clone()).unwrap_or_default(),
+                identities,
+            },
+        );
     }
     c.entries = prune(entries);
     c
@@ -527,18 +562,22 @@ impl Compiled {
         if let Some((_, identity)) = self.local_ips.get(&ip) {
             return (*identity, false);
         }
-        self.ipcache
-            .iter()
-            .filter(|(p, _)| p.is_ipv4() == ip.is_ipv4() && p.contains(ip))
-            .max_by_key(|(p, _)| p.prefix())
-            .map(|(_, e)| (e.identity, e.host))
+        let host = host_net(ip);
+        (0..=host.prefix())
+            .rev()
+            .find_map(|len| {
+                let p = IpNetwork::new(ip, len).ok()?;
+                let p = IpNetwork::new(p.network(), len).ok()?;
+                self.ipcache.get(&p)
+            })
+            .map(|e| (e.identity, e.host))
             .unwrap_or((u32::MAX, false))
     }
 
-    /// The datapath's policy lookup: an entry for this identity or the wildcard.
+    /// The datapath's policy lookup: an entry for this peer identity or the wildcard.
     pub fn allows(
         &self,
-        ep_id: u32,
+        subject: u32,
         direction: Direction,
         identity: u32,
         proto: Protocol,
@@ -546,14 +585,14 @@ impl Compiled {
     ) -> Option<u32> {
         for id in [identity, IDENTITY_ANY] {
             let lo = EntryKey {
-                ep_id,
+                subject,
                 identity: id,
                 direction,
                 proto: None,
                 port: ALL_PORTS,
             };
             let hi = EntryKey {
-                ep_id,
+                subject,
                 identity: id,
                 direction,
                 proto: Some(u8::MAX),
@@ -577,24 +616,27 @@ impl Compiled {
     pub fn decide(&self, src: IpAddr, dst: IpAddr, proto: Protocol, port: u16, from_node: bool) -> bool {
         let (src_id, src_host) = self.identity_of(src);
         let (dst_id, _) = self.identity_of(dst);
-        if let Some((ep, _)) = self.local_ips.get(&src) {
+        if let Some((ep, subject)) = self.local_ips.get(&src) {
             if src == dst {
                 return true;
             }
             if self.endpoints[ep].egress_isolated
-                && self.allows(*ep, Direction::Egress, dst_id, proto, port).is_none()
+                && self
+                    .allows(*subject, Direction::Egress, dst_id, proto, port)
+                    .is_none()
             {
                 return false;
             }
         }
-        if let Some((ep, _)) = self.local_ips.get(&dst)
-            && self.endpoints[ep].ingress_isolated
-            && !(src_host || from_node)
-            && self
-                .allows(*ep, Direction::Ingress, src_id, proto, port)
-                .is_none()
-        {
-            return false;
+        if let Some((ep, subject)) = self.local_ips.get(&dst) {
+            if self.endpoints[ep].ingress_isolated
+                && !(src_host || from_node)
+                && self
+                    .allows(*subject, Direction::Ingress, src_id, proto, port)
+                    .is_none()
+            {
+                return false;
+            }
         }
         true
     }

@@ -6,7 +6,10 @@
 //! Numbers are stable while their key is in use (the allocator outlives compilations), so a
 //! recompilation after an unrelated change rewrites nothing.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    sync::Arc,
+};
 
 use crate::{
     model::{ContainerPort, Labels},
@@ -42,28 +45,32 @@ impl IdentityKey {
     }
 }
 
+/// The identity numbers in use and what they stand for. Keys are shared (`Arc`) with the
+/// compilation results, not copied.
 #[derive(Debug, Default)]
 pub struct Identities {
-    by_key: BTreeMap<IdentityKey, u32>,
+    by_key: HashMap<Arc<IdentityKey>, u32>,
     next: u32,
 }
 
 impl Identities {
-    pub fn get(&mut self, key: &IdentityKey) -> u32 {
-        if let Some(id) = self.by_key.get(key) {
-            return *id;
+    /// The number for `key`, allocating one if it is new.
+    pub fn get(&mut self, key: IdentityKey) -> (u32, Arc<IdentityKey>) {
+        if let Some((k, id)) = self.by_key.get_key_value(&key) {
+            return (*id, k.clone());
         }
         if self.next < FIRST_DYNAMIC {
             self.next = FIRST_DYNAMIC;
         }
         let id = self.next;
         self.next = self.next.checked_add(1).unwrap_or(FIRST_DYNAMIC);
+        let key = Arc::new(key);
         self.by_key.insert(key.clone(), id);
-        id
+        (id, key)
     }
 
     /// Forget every key not in `used` (after a compilation).
-    pub fn retain(&mut self, used: &BTreeSet<u32>) {
+    pub fn retain(&mut self, used: &HashSet<u32>) {
         self.by_key.retain(|_, id| used.contains(id));
     }
 

@@ -7,7 +7,10 @@
 //! `b.cidr` and inside none of `b.except`. (If `b.cidr` were narrower than `p` and held `x`, it
 //! would be a longer match; likewise for an except.)
 
-use std::{collections::BTreeSet, net::IpAddr};
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::IpAddr,
+};
 
 use ipnetwork::IpNetwork;
 
@@ -56,39 +59,60 @@ pub struct Regions {
     /// Every boundary prefix, each with the set of blocks (indexes into `blocks`) it lies in.
     pub prefixes: Vec<(IpNetwork, BTreeSet<usize>)>,
     pub blocks: Vec<Block>,
+    /// Boundary prefix -> its index in `prefixes` (longest-match lookups walk prefix lengths).
+    index: HashMap<IpNetwork, usize>,
+}
+
+/// `p` shortened to `len` bits.
+fn ancestor(p: &IpNetwork, len: u8) -> IpNetwork {
+    normalise(IpNetwork::new(p.network(), len).expect("shorter prefix is valid"))
 }
 
 impl Regions {
+    /// Linear in the number of boundaries times the address width: the blocks holding a
+    /// boundary are found among its ancestors, not by testing every block.
     pub fn new(blocks: Vec<Block>) -> Self {
         let mut boundaries: BTreeSet<IpNetwork> = BTreeSet::new();
         boundaries.insert("0.0.0.0/0".parse().expect("literal"));
         boundaries.insert("::/0".parse().expect("literal"));
-        for b in &blocks {
+        let mut by_cidr: HashMap<IpNetwork, Vec<usize>> = HashMap::new();
+        for (i, b) in blocks.iter().enumerate() {
             boundaries.insert(b.cidr);
             boundaries.extend(b.except.iter().copied());
+            by_cidr.entry(b.cidr).or_default().push(i);
         }
-        let prefixes = boundaries
+        let prefixes: Vec<(IpNetwork, BTreeSet<usize>)> = boundaries
             .into_iter()
             .map(|p| {
-                let inside = blocks
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, b)| within(&p, &b.cidr) && !b.except.iter().any(|e| within(&p, e)))
-                    .map(|(i, _)| i)
-                    .collect();
+                let mut inside = BTreeSet::new();
+                for len in 0..=p.prefix() {
+                    let Some(bs) = by_cidr.get(&ancestor(&p, len)) else {
+                        continue;
+                    };
+                    for &i in bs {
+                        if !blocks[i].except.iter().any(|e| within(&p, e)) {
+                            inside.insert(i);
+                        }
+                    }
+                }
                 (p, inside)
             })
             .collect();
-        Self { prefixes, blocks }
+        let index = prefixes.iter().enumerate().map(|(i, (p, _))| (*p, i)).collect();
+        Self {
+            prefixes,
+            blocks,
+            index,
+        }
     }
 
     /// The blocks an address is in (by longest match, as the datapath will find it).
     pub fn of(&self, ip: IpAddr) -> BTreeSet<usize> {
-        self.prefixes
-            .iter()
-            .filter(|(p, _)| p.is_ipv4() == ip.is_ipv4() && p.contains(ip))
-            .max_by_key(|(p, _)| p.prefix())
-            .map(|(_, s)| s.clone())
+        let host = IpNetwork::new(ip, if ip.is_ipv4() { 32 } else { 128 }).expect("host prefix");
+        (0..=host.prefix())
+            .rev()
+            .find_map(|len| self.index.get(&ancestor(&host, len)))
+            .map(|i| self.prefixes[*i].1.clone())
             .unwrap_or_default()
     }
 }

@@ -1,5 +1,6 @@
 //! NetworkPolicy as the datapath sees it: numeric identities and an LPM trie of allowed
-//! (endpoint, direction, peer identity, protocol, port-prefix) tuples.
+//! (local pod identity, peer identity, direction, protocol, port-prefix) tuples. Entries are
+//! keyed by the local pod's identity, not its endpoint: pods alike share their entries.
 //!
 //! Every entry allows; absence denies. Because entries only ever allow, any matching prefix is
 //! a correct answer, so one longest-prefix lookup decides, whatever the number of rules. Port
@@ -20,8 +21,8 @@ pub const IDENTITY_FIRST_DYNAMIC: u32 = 256;
 #[repr(C)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default, Debug)]
 pub struct PolicyKeyData {
-    /// Endpoint slot (`LocalEndpoint::ep_id`), big-endian.
-    pub ep_id: [u8; 4],
+    /// The local pod's identity (`LocalEndpoint::identity` of the address in the packet), big-endian.
+    pub subject: [u8; 4],
     /// Peer identity, big-endian (`IDENTITY_ANY` for wildcard rules).
     pub identity: [u8; 4],
     /// `direction::INGRESS` or `direction::EGRESS`.
@@ -42,9 +43,9 @@ pub const POLICY_PREFIX_FULL: u32 = 96;
 
 impl PolicyKeyData {
     #[inline(always)]
-    pub const fn new(ep_id: u32, identity: u32, direction: u8, proto: u8, dport: u16) -> Self {
+    pub const fn new(subject: u32, identity: u32, direction: u8, proto: u8, dport: u16) -> Self {
         Self {
-            ep_id: ep_id.to_be_bytes(),
+            subject: subject.to_be_bytes(),
             identity: identity.to_be_bytes(),
             direction,
             proto,

@@ -68,15 +68,15 @@ fn peer(ip: &IpAddr128) -> Peer {
     }
 }
 
-/// Is (`ep_id`, `dir`, peer `identity`, `proto`, `dport`) allowed? Returns the policy
-/// reference of the entry that allows it.
+/// Is (local pod identity `subject`, `dir`, peer `identity`, `proto`, `dport`) allowed?
+/// Returns the policy reference of the entry that allows it.
 #[inline(always)]
-fn lookup(ep_id: u32, identity: u32, dir: u8, proto: u8, dport_be: u16) -> Option<u32> {
+fn lookup(subject: u32, identity: u32, dir: u8, proto: u8, dport_be: u16) -> Option<u32> {
     bump_global(global::POLICY_LOOKUPS);
     let dport = u16::from_be(dport_be);
     let key = Key::new(
         POLICY_PREFIX_FULL,
-        PolicyKeyData::new(ep_id, identity, dir, proto, dport),
+        PolicyKeyData::new(subject, identity, dir, proto, dport),
     );
     if let Some(v) = SL_POLICY.get(&key) {
         if v.flags & POLICY_F_ALLOW != 0 {
@@ -85,7 +85,7 @@ fn lookup(ep_id: u32, identity: u32, dir: u8, proto: u8, dport_be: u16) -> Optio
     }
     let key = Key::new(
         POLICY_PREFIX_FULL,
-        PolicyKeyData::new(ep_id, IDENTITY_ANY, dir, proto, dport),
+        PolicyKeyData::new(subject, IDENTITY_ANY, dir, proto, dport),
     );
     match SL_POLICY.get(&key) {
         Some(v) if v.flags & POLICY_F_ALLOW != 0 => Some(v.policy_ref),
@@ -119,7 +119,7 @@ pub fn evaluate(
     if s.local {
         v.ep_id = s.ep_id;
         if s.flags & EP_F_EGRESS_ISOLATED != 0 {
-            match lookup(s.ep_id, d.identity, direction::EGRESS, proto, dport_be) {
+            match lookup(s.identity, d.identity, direction::EGRESS, proto, dport_be) {
                 Some(r) => v.policy_ref = r,
                 None => {
                     v.reason = drop_reason::POLICY_EGRESS;
@@ -133,7 +133,7 @@ pub fn evaluate(
         v.direction = direction::INGRESS;
         // The node itself may always reach its pods (kubelet probes).
         if d.flags & EP_F_INGRESS_ISOLATED != 0 && !(s.host || from_local_host) {
-            match lookup(d.ep_id, s.identity, direction::INGRESS, proto, dport_be) {
+            match lookup(d.identity, s.identity, direction::INGRESS, proto, dport_be) {
                 Some(r) => v.policy_ref = r,
                 None => v.reason = drop_reason::POLICY_INGRESS,
             }

@@ -17,7 +17,7 @@ fn describe_identity(engine: &PolicyEngine, id: u32) -> String {
     if id == IDENTITY_ANY {
         return "anywhere".into();
     }
-    match engine.compiled.identities.get(&id) {
+    match engine.compiled.identities.get(&id).map(|k| &**k) {
         Some(IdentityKey::Pod {
             namespace, labels, ..
         }) => {
@@ -112,7 +112,13 @@ pub fn explain(engine: &PolicyEngine, pod: &PodRef, local: Option<u32>) -> Value
     // Group the endpoint's entries by (direction, peer).
     let mut allowed: BTreeMap<(Direction, u32), (Vec<String>, u32)> = BTreeMap::new();
     let mut count = 0;
-    for (k, pref) in engine.compiled.entries.iter().filter(|(k, _)| k.ep_id == ep_id) {
+    let subjects: std::collections::BTreeSet<u32> = p.identities.values().copied().collect();
+    for (k, pref) in engine
+        .compiled
+        .entries
+        .iter()
+        .filter(|(k, _)| subjects.contains(&k.subject))
+    {
         count += 1;
         let ports = match k.proto {
             None => "all".to_owned(),

@@ -39,7 +39,7 @@ type RawIpKey = (u32, [u8; 16]);
 fn raw_policy(k: &Key<PolicyKeyData>) -> RawPolicyKey {
     let d = k.data();
     let mut b = [0u8; 12];
-    b[..4].copy_from_slice(&d.ep_id);
+    b[..4].copy_from_slice(&d.subject);
     b[4..8].copy_from_slice(&d.identity);
     b[8] = d.direction;
     b[9] = d.proto;
@@ -52,7 +52,7 @@ fn policy_key(raw: &RawPolicyKey) -> Key<PolicyKeyData> {
     Key::new(
         raw.0,
         PolicyKeyData {
-            ep_id: [b[0], b[1], b[2], b[3]],
+            subject: [b[0], b[1], b[2], b[3]],
             identity: [b[4], b[5], b[6], b[7]],
             direction: b[8],
             proto: b[9],
@@ -73,7 +73,7 @@ fn entry_to_raw(e: &EntryKey) -> RawPolicyKey {
     };
     raw_policy(&Key::new(
         len,
-        PolicyKeyData::new(e.ep_id, e.identity, dir, proto, port),
+        PolicyKeyData::new(e.subject, e.identity, dir, proto, port),
     ))
 }
 
