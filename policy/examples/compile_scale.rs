@@ -54,7 +54,8 @@ fn main() {
             },
         }))
         .unwrap();
-        s.policies.insert(("bench".into(), format!("rule{i}")), p);
+        s.policies
+            .insert(("bench".into(), format!("rule{i}")), std::sync::Arc::new(p));
     }
     let mut ids = Identities::default();
     for round in 0..2 {

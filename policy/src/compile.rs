@@ -334,7 +334,8 @@ struct Subject {
 /// Compile. `ids` keeps identity numbers stable across calls.
 pub fn compile(input: &Input<'_>, ids: &mut Identities) -> Compiled {
     let state = input.state;
-    let policies: Vec<(&(String, String), &NetworkPolicy)> = state.policies.iter().collect();
+    let policies: Vec<(&(String, String), &NetworkPolicy)> =
+        state.policies.iter().map(|(k, p)| (k, &**p)).collect();
     // Every ipBlock of every policy, deduplicated.
     let mut blocks: BTreeSet<Block> = BTreeSet::new();
     for (_, p) in &policies {
@@ -348,9 +349,8 @@ pub fn compile(input: &Input<'_>, ids: &mut Identities) -> Compiled {
         blocks.extend(ingress.chain(egress).filter_map(peer_block));
     }
     let regions = Regions::new(blocks.into_iter().collect());
-    let block_set = |set: &BTreeSet<usize>| -> BTreeSet<Block> {
-        set.iter().map(|i| regions.blocks[*i].clone()).collect()
-    };
+    let block_set =
+        |set: &BTreeSet<usize>| -> Vec<Block> { set.iter().map(|i| regions.blocks[*i].clone()).collect() };
 
     let mut c = Compiled {
         policies: policies.iter().map(|(k, _)| (*k).clone()).collect(),

@@ -7,7 +7,7 @@
 //! recompilation after an unrelated change rewrites nothing.
 
 use std::{
-    collections::{BTreeSet, HashMap, HashSet},
+    collections::{HashMap, HashSet},
     sync::Arc,
 };
 
@@ -30,15 +30,15 @@ pub enum IdentityKey {
         namespace: String,
         labels: Labels,
         ports: Vec<ContainerPort>,
-        blocks: BTreeSet<Block>,
+        blocks: Vec<Block>,
     },
     /// Addresses that are not pods (the world, other nodes, this node), by the ipBlocks they
-    /// are in.
-    Addresses { blocks: BTreeSet<Block> },
+    /// are in. (Block lists are sorted and deduplicated: a set, without a B-tree node each.)
+    Addresses { blocks: Vec<Block> },
 }
 
 impl IdentityKey {
-    pub fn blocks(&self) -> &BTreeSet<Block> {
+    pub fn blocks(&self) -> &[Block] {
         match self {
             Self::Pod { blocks, .. } | Self::Addresses { blocks } => blocks,
         }

@@ -205,7 +205,7 @@ fn add_object(
                 .ok_or_else(|| err("no metadata.name".into()))?;
             let ns = ns_of(&p.metadata.namespace);
             p.metadata.namespace = Some(ns.clone());
-            out.state.policies.insert((ns, name), p);
+            out.state.policies.insert((ns, name), std::sync::Arc::new(p));
         }
         "Node" => {
             let n: Node = get(&obj, doc).map_err(err)?;

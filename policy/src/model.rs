@@ -77,8 +77,9 @@ pub struct ClusterState {
     pub namespaces: BTreeMap<String, Labels>,
     /// (namespace, name) → pod.
     pub pods: BTreeMap<(String, String), PodInfo>,
-    /// (namespace, name) → policy.
-    pub policies: BTreeMap<(String, String), NetworkPolicy>,
+    /// (namespace, name) → policy. Shared (`Arc`): sources, snapshots and the compiler hold
+    /// the same objects, not copies (10,000 policies are tens of megabytes each time).
+    pub policies: BTreeMap<(String, String), std::sync::Arc<NetworkPolicy>>,
 }
 
 impl ClusterState {

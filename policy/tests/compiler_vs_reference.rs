@@ -200,7 +200,7 @@ fn arb_cluster() -> impl Strategy<Value = ClusterState> {
             for (i, (ns, mut p)) in policies.into_iter().enumerate() {
                 let name = format!("pol{i}");
                 p.metadata.name = Some(name.clone());
-                s.policies.insert((ns, name), p);
+                s.policies.insert((ns, name), std::sync::Arc::new(p));
             }
             s
         })
@@ -265,7 +265,8 @@ fn check_all(s: &ClusterState, c: &compile::Compiled) -> Result<(), TestCaseErro
                         dst,
                         proto,
                         port,
-                        serde_json::to_string(&s.policies.values().collect::<Vec<_>>()).unwrap()
+                        serde_json::to_string(&s.policies.values().map(|p| &**p).collect::<Vec<_>>())
+                            .unwrap()
                     );
                 }
             }

@@ -171,7 +171,8 @@ fn build(pods: &[(usize, usize, bool, bool)], policies: &[Policy]) -> ClusterSta
 
 fn add(s: &mut ClusterState, p: &Policy, name: &str) {
     let policy: NetworkPolicy = serde_json::from_value(json!({ "spec": p.spec })).expect("generated policy");
-    s.policies.insert((p.ns.into(), name.into()), policy);
+    s.policies
+        .insert((p.ns.into(), name.into()), std::sync::Arc::new(policy));
 }
 
 /// Every address of interest: the pods' and one outside the cluster.

@@ -75,7 +75,9 @@ fn add_policy(state: &mut ClusterState, ns: &str, name: &str, spec: Value) {
     let policy: NetworkPolicy =
         serde_json::from_value(json!({ "metadata": { "name": name, "namespace": ns }, "spec": spec }))
             .expect("test policy");
-    state.policies.insert((ns.into(), name.into()), policy);
+    state
+        .policies
+        .insert((ns.into(), name.into()), std::sync::Arc::new(policy));
 }
 
 /// Namespaces `prod` (env=prod), `dev` (env=dev), `kube-system` (no labels of its own), and:
@@ -209,7 +211,8 @@ fn policy_selects_only_matching_pods() {
 fn policy_without_spec_denies_all_ingress_of_its_namespace() {
     let mut s = cluster();
     let policy: NetworkPolicy = serde_json::from_value(json!({ "metadata": { "name": "bare" } })).unwrap();
-    s.policies.insert(("dev".into(), "bare".into()), policy);
+    s.policies
+        .insert(("dev".into(), "bare".into()), std::sync::Arc::new(policy));
     assert!(!tcp(&s, PROD_CLIENT, DEV_WEB, 80));
     assert!(tcp(&s, DEV_WEB, PROD_WEB, 8080));
 }
@@ -220,7 +223,8 @@ fn policy_key_namespace_decides() {
     // Key says dev; metadata says prod: the key wins (documented interpretation).
     let policy: NetworkPolicy =
         serde_json::from_value(json!({ "metadata": { "namespace": "prod" }, "spec": {} })).unwrap();
-    s.policies.insert(("dev".into(), "odd".into()), policy);
+    s.policies
+        .insert(("dev".into(), "odd".into()), std::sync::Arc::new(policy));
     assert!(!tcp(&s, PROD_CLIENT, DEV_WEB, 80));
     assert!(tcp(&s, DEV_CLIENT, PROD_WEB, 8080));
 }

@@ -35,4 +35,6 @@ pub const DEFAULT_IPCACHE: u32 = 65_536;
 pub const DEFAULT_NODES: u32 = 4_096;
 pub const DEFAULT_POLICY: u32 = 262_144;
 pub const DEFAULT_CT: u32 = 262_144;
-pub const EVENTS_BYTES: u32 = 1 << 20;
+/// Ring buffer for flow events: ~3,500 events; when a flood overruns it, events are counted
+/// as lost (the drop counters themselves are exact).
+pub const EVENTS_BYTES: u32 = 256 << 10;

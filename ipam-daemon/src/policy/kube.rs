@@ -414,13 +414,13 @@ impl Kind for Pods {
 impl Kind for Policies {
     type Object = PolicyWire;
     type Key = (String, String);
-    type Value = NetworkPolicy;
+    type Value = std::sync::Arc<NetworkPolicy>;
     const NAME: &'static str = "networkpolicies";
     const BIT: u8 = 4;
 
     /// Metadata is trimmed to name and namespace: the compiler reads nothing else, and a
     /// bumped resourceVersion alone must not look like a change.
-    fn entry(obj: &PolicyWire) -> Option<((String, String), Option<NetworkPolicy>)> {
+    fn entry(obj: &PolicyWire) -> Option<((String, String), Option<std::sync::Arc<NetworkPolicy>>)> {
         let name = obj.metadata.name.clone()?;
         let ns = namespace_of(&obj.metadata);
         let policy = NetworkPolicy {
@@ -431,12 +431,12 @@ impl Kind for Policies {
             },
             spec: obj.spec.clone(),
         };
-        Some(((ns, name), Some(policy)))
+        Some(((ns, name), Some(std::sync::Arc::new(policy))))
     }
-    fn map(o: &mut Objects) -> &mut BTreeMap<(String, String), NetworkPolicy> {
+    fn map(o: &mut Objects) -> &mut BTreeMap<(String, String), std::sync::Arc<NetworkPolicy>> {
         &mut o.state.policies
     }
-    fn pending(p: &mut Pending) -> &mut Option<BTreeMap<(String, String), NetworkPolicy>> {
+    fn pending(p: &mut Pending) -> &mut Option<BTreeMap<(String, String), std::sync::Arc<NetworkPolicy>>> {
         &mut p.policies
     }
 }
@@ -465,7 +465,7 @@ impl Kind for Nodes {
 pub struct Pending {
     namespaces: Option<BTreeMap<String, Labels>>,
     pods: Option<BTreeMap<(String, String), PodInfo>>,
-    policies: Option<BTreeMap<(String, String), NetworkPolicy>>,
+    policies: Option<BTreeMap<(String, String), std::sync::Arc<NetworkPolicy>>>,
     nodes: Option<BTreeMap<String, NodeInfo>>,
 }
 
