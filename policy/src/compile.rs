@@ -628,15 +628,14 @@ impl Compiled {
                 return false;
             }
         }
-        if let Some((ep, subject)) = self.local_ips.get(&dst) {
-            if self.endpoints[ep].ingress_isolated
-                && !(src_host || from_node)
-                && self
-                    .allows(*subject, Direction::Ingress, src_id, proto, port)
-                    .is_none()
-            {
-                return false;
-            }
+        if let Some((ep, subject)) = self.local_ips.get(&dst)
+            && self.endpoints[ep].ingress_isolated
+            && !(src_host || from_node)
+            && self
+                .allows(*subject, Direction::Ingress, src_id, proto, port)
+                .is_none()
+        {
+            return false;
         }
         true
     }

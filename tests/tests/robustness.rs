@@ -137,7 +137,9 @@ fn storm_with_kill_dash_nine_keeps_leases_exact() {
         .iter()
         .map(|p| (format!("{}-c", p.name), p.path_str()))
         .collect();
-    let state: Arc<Mutex<BTreeMap<String, (Known, Option<IpAddr>)>>> = Arc::new(Mutex::new(BTreeMap::new()));
+    // Container ID -> what the storm knows of it and the address its ADD returned.
+    type Ledger = BTreeMap<String, (Known, Option<IpAddr>)>;
+    let state: Arc<Mutex<Ledger>> = Arc::new(Mutex::new(BTreeMap::new()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let counts = Arc::new(Mutex::new((0u32, 0u32, 0u32))); // adds ok, adds refused, dels
     let workers: Vec<_> = (0..4)
