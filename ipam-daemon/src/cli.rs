@@ -80,6 +80,19 @@ pub struct Cli {
     #[arg(long = "node-name", env = "NODE_NAME", value_name = "NAME")]
     pub node_name: Option<String>,
 
+    /// How pods reach pods on other nodes: `native` (routes via the other nodes' addresses;
+    /// the underlay must route pod CIDRs) or `vxlan` (an overlay between nodes).
+    #[arg(long, value_enum, default_value = "native")]
+    pub routing: crate::routing::Mode,
+
+    /// UDP port of the VXLAN overlay.
+    #[arg(long = "vxlan-port", default_value_t = 4789)]
+    pub vxlan_port: u16,
+
+    /// VXLAN network identifier of the overlay (the same on every node).
+    #[arg(long = "vxlan-vni", default_value_t = 1)]
+    pub vxlan_vni: u32,
+
     /// Serve Prometheus metrics (`/metrics`) and health checks (`/healthz`, `/readyz`) on
     /// this address (off by default; use a loopback address on hostNetwork pods).
     #[arg(long = "metrics-address", value_name = "HOST:PORT")]
@@ -142,6 +155,9 @@ pub struct Config {
     pub cni_conf_dir: PathBuf,
     pub cni_plugin_binary: PathBuf,
     pub uninstall: bool,
+    pub routing: crate::routing::Mode,
+    pub vxlan_port: u16,
+    pub vxlan_vni: u32,
 }
 
 /// The environment variable the kubelet sets in every pod (the in-cluster API address).
@@ -221,6 +237,9 @@ impl Cli {
                     .unwrap_or_else(|| PathBuf::from("/usr/bin/sluice")),
             },
             uninstall: self.uninstall,
+            routing: self.routing,
+            vxlan_port: self.vxlan_port,
+            vxlan_vni: self.vxlan_vni,
             api_mode,
             kubeconfig: self.kubeconfig.clone(),
             node_name,

@@ -91,6 +91,215 @@ impl HostNet {
         }
     }
 
+    /// The MTU of the interface that holds `ip`, if any does.
+    pub async fn mtu_of_address(&self, ip: IpAddr) -> Result<Option<u32>, HostNetError> {
+        let mut addrs = self.handle.address().get().execute();
+        let mut index = None;
+        while let Some(a) = addrs.try_next().await.map_err(nl("list addresses"))? {
+            let has = a
+                .attributes
+                .iter()
+                .any(|x| matches!(x, AddressAttribute::Address(v) | AddressAttribute::Local(v) if *v == ip));
+            if has {
+                index = Some(a.header.index);
+                break;
+            }
+        }
+        let Some(index) = index else { return Ok(None) };
+        let mut links = self.handle.link().get().match_index(index).execute();
+        match links.try_next().await {
+            Ok(Some(m)) => Ok(m.attributes.iter().find_map(|a| match a {
+                LinkAttribute::Mtu(v) => Some(*v),
+                _ => None,
+            })),
+            _ => Ok(None),
+        }
+    }
+
+    /// Create (or keep) the node's collect-metadata VXLAN device: `external` (the tunnel
+    /// endpoint comes with each packet), no learning, the given MAC and MTU, up. Neighbours on
+    /// it are the permanent entries `add_remote_route` writes (ARP stays on so the kernel
+    /// uses them; it never has to resolve anything else there).
+    pub async fn ensure_vxlan(
+        &self,
+        name: &str,
+        port: u16,
+        mtu: u32,
+        mac: [u8; 6],
+    ) -> Result<u32, HostNetError> {
+        if self.link(name).await?.is_none() {
+            let msg = rtnetlink::LinkMessageBuilder::<rtnetlink::LinkVxlan>::new(name)
+                .collect_metadata(true)
+                .learning(false)
+                .port(port)
+                .build();
+            self.handle
+                .link()
+                .add(msg)
+                .execute()
+                .await
+                .map_err(nl(format!("create vxlan {name}")))?;
+        }
+        let link = self.link(name).await?.ok_or_else(|| HostNetError::Netlink {
+            op: format!("find {name} after creating it"),
+            source: rtnetlink::Error::RequestFailed,
+        })?;
+        self.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(link.index)
+                    .mtu(mtu)
+                    .address(mac.to_vec())
+                    .arp(true)
+                    .up()
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(nl(format!("configure {name}")))?;
+        Ok(link.index)
+    }
+
+    /// Route `net` through another node: via its address (native routing), or into the VXLAN
+    /// device with that node as tunnel endpoint (lightweight tunnel encap), with `src` as the
+    /// node's own source address towards it. Replaces any route to `net`.
+    pub async fn add_remote_route(
+        &self,
+        net: ipnetwork::IpNetwork,
+        via: IpAddr,
+        overlay: Option<OverlayHop>,
+        src: Option<IpAddr>,
+    ) -> Result<(), HostNetError> {
+        use netlink_packet_route::route::{
+            RouteIp6Tunnel, RouteIp6TunnelFlags, RouteIpTunnel, RouteIpTunnelFlags,
+        };
+        if let Some(hop) = &overlay {
+            self.handle
+                .neighbours()
+                .add(hop.ifindex, hop.gateway)
+                .link_layer_address(&hop.mac)
+                .state(netlink_packet_route::neighbour::NeighbourState::Permanent)
+                .replace()
+                .execute()
+                .await
+                .map_err(nl(format!("neighbour {} for {net}", hop.gateway)))?;
+        }
+        let vxlan = overlay.map(|h| (h.ifindex, h.vni, h.gateway));
+        let msg = match (net, via) {
+            (ipnetwork::IpNetwork::V4(n), _) => {
+                let mut b =
+                    RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(n.network(), n.prefix());
+                if let Some(IpAddr::V4(s)) = src {
+                    b = b.pref_source(s);
+                }
+                if let Some((_, _, IpAddr::V4(g))) = vxlan {
+                    b = b.gateway(g).onlink();
+                }
+                b = match (vxlan, via) {
+                    (Some((ifindex, vni, _)), IpAddr::V4(v)) => b.output_interface(ifindex).encap_ip(vec![
+                        RouteIpTunnel::Id(vni as u64),
+                        RouteIpTunnel::Destination(v),
+                        RouteIpTunnel::Ttl(64),
+                        // UDP checksums, as the eBPF path's tunnel key asks: an IPv6
+                        // receiver drops zero-checksum UDP.
+                        RouteIpTunnel::Flags(RouteIpTunnelFlags::Key | RouteIpTunnelFlags::Checksum),
+                    ]),
+                    (Some((ifindex, vni, _)), IpAddr::V6(v)) => b.output_interface(ifindex).encap_ip6(vec![
+                        RouteIp6Tunnel::Id(vni as u64),
+                        RouteIp6Tunnel::Destination(v),
+                        RouteIp6Tunnel::Hoplimit(64),
+                        RouteIp6Tunnel::Flags(RouteIp6TunnelFlags::Key | RouteIp6TunnelFlags::Checksum),
+                    ]),
+                    (None, IpAddr::V4(v)) => b.gateway(v),
+                    (None, IpAddr::V6(_)) => {
+                        return Err(HostNetError::Netlink {
+                            op: format!("route {net} natively via an IPv6 address"),
+                            source: rtnetlink::Error::RequestFailed,
+                        });
+                    }
+                };
+                b.build()
+            }
+            (ipnetwork::IpNetwork::V6(n), _) => {
+                let mut b =
+                    RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(n.network(), n.prefix());
+                if let Some(IpAddr::V6(s)) = src {
+                    b = b.pref_source(s);
+                }
+                if let Some((_, _, IpAddr::V6(g))) = vxlan {
+                    b = b.gateway(g).onlink();
+                }
+                b = match (vxlan, via) {
+                    (Some((ifindex, vni, _)), IpAddr::V4(v)) => b.output_interface(ifindex).encap_ip(vec![
+                        RouteIpTunnel::Id(vni as u64),
+                        RouteIpTunnel::Destination(v),
+                        RouteIpTunnel::Ttl(64),
+                        // UDP checksums, as the eBPF path's tunnel key asks: an IPv6
+                        // receiver drops zero-checksum UDP.
+                        RouteIpTunnel::Flags(RouteIpTunnelFlags::Key | RouteIpTunnelFlags::Checksum),
+                    ]),
+                    (Some((ifindex, vni, _)), IpAddr::V6(v)) => b.output_interface(ifindex).encap_ip6(vec![
+                        RouteIp6Tunnel::Id(vni as u64),
+                        RouteIp6Tunnel::Destination(v),
+                        RouteIp6Tunnel::Hoplimit(64),
+                        RouteIp6Tunnel::Flags(RouteIp6TunnelFlags::Key | RouteIp6TunnelFlags::Checksum),
+                    ]),
+                    (None, IpAddr::V6(v)) => b.gateway(v),
+                    (None, IpAddr::V4(_)) => {
+                        return Err(HostNetError::Netlink {
+                            op: format!("route {net} natively via an IPv4 address"),
+                            source: rtnetlink::Error::RequestFailed,
+                        });
+                    }
+                };
+                b.build()
+            }
+        };
+        self.handle
+            .route()
+            .add(msg)
+            .replace()
+            .execute()
+            .await
+            .map_err(nl(format!("route {net} via {via}")))
+    }
+
+    /// Remove the neighbour entry for `ip` on `index`. Gone already is fine.
+    pub async fn del_neighbour(&self, index: u32, ip: IpAddr) -> Result<(), HostNetError> {
+        let mut msg = netlink_packet_route::neighbour::NeighbourMessage::default();
+        msg.header.ifindex = index;
+        msg.header.family = match ip {
+            IpAddr::V4(_) => netlink_packet_route::AddressFamily::Inet,
+            IpAddr::V6(_) => netlink_packet_route::AddressFamily::Inet6,
+        };
+        msg.attributes
+            .push(netlink_packet_route::neighbour::NeighbourAttribute::Destination(
+                ip.into(),
+            ));
+        match self.handle.neighbours().del(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(errno(&e), Some(libc::ENOENT) | Some(libc::ENODEV)) => Ok(()),
+            Err(e) => Err(nl(format!("delete neighbour {ip}"))(e)),
+        }
+    }
+
+    /// Remove the route to `net` (main table). Gone already is fine.
+    pub async fn del_route(&self, net: ipnetwork::IpNetwork) -> Result<(), HostNetError> {
+        let msg = match net {
+            ipnetwork::IpNetwork::V4(n) => RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(n.network(), n.prefix())
+                .build(),
+            ipnetwork::IpNetwork::V6(n) => RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(n.network(), n.prefix())
+                .build(),
+        };
+        match self.handle.route().del(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(errno(&e), Some(libc::ESRCH) | Some(libc::ENOENT)) => Ok(()),
+            Err(e) => Err(nl(format!("delete route {net}"))(e)),
+        }
+    }
+
     /// Every interface here: (ifindex, name).
     pub async fn links(&self) -> Result<Vec<(u32, String)>, HostNetError> {
         let mut out = Vec::new();
@@ -344,4 +553,14 @@ pub fn enable_forwarding(v4: bool, v6: bool) -> Result<(), HostNetError> {
         })?;
     }
     Ok(())
+}
+
+/// The overlay next hop toward a remote pod CIDR: the VXLAN device, the VNI, and the
+/// gateway address whose permanent neighbour entry is the remote node's VXLAN MAC.
+#[derive(Clone, Copy, Debug)]
+pub struct OverlayHop {
+    pub ifindex: u32,
+    pub vni: u32,
+    pub gateway: IpAddr,
+    pub mac: [u8; 6],
 }

@@ -14,6 +14,7 @@ mod maintenance;
 mod metrics;
 mod node;
 mod policy;
+mod routing;
 mod server;
 mod status;
 mod store;
@@ -90,6 +91,8 @@ fn datapath_config() -> DatapathConfig {
         ct_udp_s: 60,
         ct_icmp_s: 30,
         ct_other_s: 60,
+        vxlan_mac: [0; 6],
+        _pad: [0; 2],
     }
 }
 
@@ -214,9 +217,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     ) {
         tracing::warn!(error = %e, "IP forwarding is off: pods reach local pods only");
     }
+    let (mut routing, pod_mtu) = routing::Routing::setup(
+        cfg.routing,
+        &cfg.node_name,
+        objects.nodes.get(&cfg.node_name),
+        &hostnet,
+        &datapath.maps,
+        routing::VxlanParams {
+            vni: cfg.vxlan_vni,
+            port: cfg.vxlan_port,
+        },
+        &gateways,
+    )
+    .await
+    .context("routing between nodes")?;
+    routing.sync(&objects.nodes, &hostnet, &datapath.maps).await;
     let engine = policy::PolicyEngine::new(&datapath.maps, objects);
 
-    let mtu = cfg.mtu.unwrap_or(1500);
+    let mtu = cfg.mtu.unwrap_or(pod_mtu);
     let node = Arc::new(Node {
         cfg: cfg.clone(),
         started: Instant::now(),
@@ -240,6 +258,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         activity: Mutex::new(Instant::now()),
         metrics: Default::default(),
         add_started: Default::default(),
+        routing: tokio::sync::Mutex::new(routing),
     });
     let summary = node.reconcile().await;
     tracing::info!(?summary, "reconciled state with the datapath");

@@ -149,6 +149,8 @@ pub struct Node {
     /// When an ADD/DEL-related request was last served (tcx moves wait for quiet).
     pub activity: Mutex<Instant>,
     pub metrics: crate::metrics::Recorded,
+    /// Routes to other nodes' pods, kept in line with the Node objects.
+    pub routing: tokio::sync::Mutex<crate::routing::Routing>,
     /// When each in-flight ADD allocated (its duration is observed at register).
     pub add_started: Mutex<HashMap<Attachment, Instant>>,
 }
@@ -221,6 +223,12 @@ impl Node {
 
     /// New cluster objects from a source (manifests, the API server): apply them.
     pub async fn set_policy_objects(&self, objects: sluice_policy::manifests::Objects) {
+        // Nodes first: routes to new nodes' pods exist before policy lets traffic to them.
+        self.routing
+            .lock()
+            .await
+            .sync(&objects.nodes, &self.hostnet, &self.datapath.maps)
+            .await;
         let mut engine = self.policy.lock().await;
         engine.objects = objects;
         let started = Instant::now();

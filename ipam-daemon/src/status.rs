@@ -28,7 +28,12 @@ pub fn status(node: &Node) -> Status {
         version: env!("CARGO_PKG_VERSION").into(),
         ready: node.is_ready(),
         node_name: node.node_name.clone(),
-        routing: "local".into(),
+        routing: node
+            .routing
+            .try_lock()
+            .map(|r| r.mode.name())
+            .unwrap_or("busy")
+            .into(),
         pools: node.pool_status(),
         endpoints,
         kernel: node.datapath.kernel.release.clone(),

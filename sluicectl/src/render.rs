@@ -129,8 +129,79 @@ pub fn ipam(pools: &[PoolStatus], leases: &[LeaseInfo]) {
     }
 }
 
+/// `sluicectl policy`: the daemon's explanation (see `sluiced`'s `policy::explain`) as text:
+/// the pod, what selects it, whether each direction is isolated, and the allowed peers the
+/// datapath holds entries for.
 pub fn policy(v: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+    let labels: Vec<String> = v["labels"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default();
+    println!("pod {}  labels {{{}}}", s(&v["pod"]), labels.join(","));
+    if v["known"] != true {
+        println!(
+            "  no Pod object known for it (no labels: only policies with an empty podSelector select it)"
+        );
+    }
+    if v["local"] != true {
+        println!("  not on this node: nothing in this node's datapath is keyed by it");
+    } else if let Some(ids) = v["identities"].as_object() {
+        let ids: Vec<String> = ids.iter().map(|(ip, id)| format!("{ip} -> {id}")).collect();
+        println!("  endpoint {}  identities {}", v["ep_id"], ids.join(", "));
+    }
+    let policies = v["policies"].as_array().cloned().unwrap_or_default();
+    if policies.is_empty() {
+        println!("selected by: no policy (all traffic allowed both ways)");
+    } else {
+        println!("selected by:");
+        for p in &policies {
+            let types: Vec<String> = p["policyTypes"]
+                .as_array()
+                .map(|a| a.iter().map(&s).collect())
+                .unwrap_or_default();
+            println!("  {:<40} {}", s(&p["name"]), types.join(","));
+        }
+    }
+    if v["local"] != true {
+        return;
+    }
+    let iso = |b: &serde_json::Value| {
+        if *b == true {
+            "isolated: only what is listed below"
+        } else {
+            "not isolated: everything allowed"
+        }
+    };
+    println!("ingress: {}", iso(&v["ingress_isolated"]));
+    println!("egress:  {}", iso(&v["egress_isolated"]));
+    let allowed = v["allowed"].as_array().cloned().unwrap_or_default();
+    println!(
+        "allowed peers ({} datapath entries; replies of allowed connections pass by conntrack):",
+        v["datapath_entries"]
+    );
+    if allowed.is_empty() {
+        println!("  none");
+        return;
+    }
+    println!("  {:<8} {:<50} {:<24} POLICY", "DIR", "PEER", "PORTS");
+    for a in &allowed {
+        let ports: Vec<String> = a["ports"]
+            .as_array()
+            .map(|p| p.iter().map(&s).collect())
+            .unwrap_or_default();
+        println!(
+            "  {:<8} {:<50} {:<24} {}",
+            s(&a["direction"]),
+            s(&a["peer"]),
+            ports.join(","),
+            s(&a["policy"])
+        );
+    }
 }
 
 pub fn event(e: &FlowEventInfo) -> String {

@@ -27,6 +27,15 @@ pub struct Sluiced {
 impl Sluiced {
     /// Start with `--pod-cidr 10.244.1.0/24` and `extra` flags; wait until the socket accepts.
     pub fn start(node: &TestNs, extra: &[&str]) -> Self {
+        Self::start_inner(node, extra, true)
+    }
+
+    /// Start without `--pod-cidr` (the daemon takes it from its Node object).
+    pub fn start_without_cidr(node: &TestNs, extra: &[&str]) -> Self {
+        Self::start_inner(node, extra, false)
+    }
+
+    fn start_inner(node: &TestNs, extra: &[&str], default_cidr: bool) -> Self {
         let dir = tempfile::Builder::new()
             .prefix(&crate::prefix())
             .tempdir()
@@ -42,7 +51,7 @@ impl Sluiced {
             "--bpffs".into(),
             bpffs.display().to_string(),
         ];
-        if !extra.contains(&"--pod-cidr") {
+        if default_cidr && !extra.contains(&"--pod-cidr") {
             args.extend(["--pod-cidr".into(), "10.244.1.0/24".into()]);
         }
         args.extend(extra.iter().map(|s| s.to_string()));
@@ -64,7 +73,7 @@ impl Sluiced {
     /// Replace the flags that are not paths (e.g. `--pod-cidr`) for the next `launch`.
     pub fn set_extra_args(&mut self, extra: &[&str]) {
         self.args.truncate(6);
-        if !extra.iter().any(|a| *a == "--pod-cidr") {
+        if !extra.contains(&"--pod-cidr") {
             self.args.extend(["--pod-cidr".into(), "10.244.1.0/24".into()]);
         }
         self.args.extend(extra.iter().map(|s| s.to_string()));

@@ -8,6 +8,7 @@
 pub mod cni;
 pub mod daemon;
 pub mod maps;
+pub mod multinode;
 pub mod netpol;
 pub mod ns;
 pub mod podman;

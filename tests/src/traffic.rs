@@ -75,8 +75,9 @@ pub fn tcp_ok(client: &TestNs, server: &TestNs, server_ip: IpAddr, port: u16) ->
     let srv = tcp_echo_server(server, server_ip, port);
     let ok = tcp_roundtrip(client, server_ip, port).is_ok();
     if !ok {
-        // Unblock the server's accept so its thread ends.
-        let _ = client.run(move || {
+        // Unblock the server's accept so its thread ends: from inside the server's own
+        // namespace (local delivery), since the client's path may be the one that is blocked.
+        let _ = server.run(move || {
             TcpStream::connect_timeout(&SocketAddr::new(server_ip, port), Duration::from_millis(200))
         });
     }

@@ -46,7 +46,9 @@ pub struct RemoteNode {
     pub node_ip: IpAddr128,
     /// `NODE_F_*`.
     pub flags: u32,
-    pub _pad: u32,
+    /// The node's VXLAN device MAC: the inner destination of frames tunnelled to it.
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
 }
 
 /// `RemoteNode::node_ip` is IPv4 (tunnel over IPv4).
@@ -86,6 +88,9 @@ pub struct DatapathConfig {
     pub ct_udp_s: u32,
     pub ct_icmp_s: u32,
     pub ct_other_s: u32,
+    /// This node's VXLAN device MAC: the inner source of frames it tunnels.
+    pub vxlan_mac: [u8; 6],
+    pub _pad: [u8; 2],
 }
 
 /// Emit a verdict event for every new flow (allowed or not), not only drops. Set while a

@@ -19,6 +19,7 @@ mod maps;
 mod neigh;
 mod packet;
 mod policy;
+mod tunnel;
 
 use aya_ebpf::{
     bindings::{__sk_buff, TC_ACT_SHOT},
@@ -28,9 +29,9 @@ use aya_ebpf::{
 use aya_log_ebpf::error;
 use sluice_common::{
     direction,
-    endpoint::{EP_F_HAS_V4, EP_F_HAS_V6, LocalEndpoint},
+    endpoint::{CFG_F_ROUTING_VXLAN, EP_F_HAS_V4, EP_F_HAS_V6, LocalEndpoint},
     event::drop_reason,
-    ip::IpAddr128,
+    ip::{IpAddr128, IpPrefixData},
     policy::IDENTITY_WORLD,
     stats::global,
 };
@@ -38,7 +39,7 @@ use sluice_common::{
 use crate::{
     events::EventInfo,
     forward::{Forward, PASS},
-    maps::{SL_ENDPOINTS, SL_IFACES, bump_global, ep_stats},
+    maps::{SL_ENDPOINTS, SL_IFACES, SL_NODES, bump_global, ep_stats},
     neigh::ArpAction,
     packet::{ETH_HLEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, EthHdr, IPPROTO_ICMPV6, Ipv6Hdr, ptr_at},
 };
@@ -196,6 +197,25 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, ()> {
                 Ok(TC_ACT_SHOT)
             }
         };
+    }
+    // A pod on another node, through the overlay.
+    if let Some(cfg) = maps::config() {
+        if cfg.flags & CFG_F_ROUTING_VXLAN != 0 {
+            let key = aya_ebpf::maps::lpm_trie::Key::new(128, IpPrefixData { bytes: pkt.dst.to_bytes() });
+            if let Some(node) = SL_NODES.get(&key) {
+                bump_global(global::TO_REMOTE);
+                return match tunnel::to_remote_node(ctx, node, cfg) {
+                    Some(v) => Ok(v),
+                    None => {
+                        events::dropped(
+                            &early(ep, ifindex, direction::EGRESS, pkt.src, pkt.dst, pkt.proto),
+                            drop_reason::NO_TUNNEL,
+                        );
+                        Ok(TC_ACT_SHOT)
+                    }
+                };
+            }
+        }
     }
     bump_global(global::TO_HOST);
     Ok(PASS)

@@ -327,6 +327,28 @@ impl DatapathMaps {
         m.iter().filter_map(Result::ok).collect()
     }
 
+    // ---- remote nodes ----------------------------------------------------------------
+
+    pub fn node_insert(&self, key: &Key<IpPrefixData>, v: &RemoteNode) -> Result<(), DatapathError> {
+        self.nodes
+            .lock()
+            .expect("map lock")
+            .insert(key, v, 0)
+            .map_err(map_err(names::NODES))
+    }
+
+    pub fn node_remove(&self, key: &Key<IpPrefixData>) -> Result<(), DatapathError> {
+        match self.nodes.lock().expect("map lock").remove(key) {
+            Err(e) if !not_found(&e) => Err(map_err(names::NODES)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn node_entries(&self) -> Vec<(Key<IpPrefixData>, RemoteNode)> {
+        let m = self.nodes.lock().expect("map lock");
+        m.iter().filter_map(Result::ok).collect()
+    }
+
     /// Rewrite the identity (per address) and isolation flags of a local endpoint that is in
     /// the maps; endpoints not (yet) in the maps are skipped. Returns whether anything changed.
     pub fn update_endpoint_policy(
