@@ -79,11 +79,23 @@ pub fn resolve(p: &NetworkPolicyPort, dest_ports: Option<&[ContainerPort]>) -> O
             if name.is_empty() {
                 return None;
             }
-            let port = dest_ports?
+            // The API keeps container port names unique within a pod; objects from a
+            // manifests directory are not validated, so a repeated name matches each port
+            // that carries it (as the reference evaluator reads "a named port on a pod").
+            let mut ports: Vec<u16> = dest_ports?
                 .iter()
-                .find(|c| c.name.as_deref() == Some(name.as_str()) && c.protocol == protocol)?
-                .port;
-            vec![PortPrefix { value: port, len: 16 }]
+                .filter(|c| c.name.as_deref() == Some(name.as_str()) && c.protocol == protocol)
+                .map(|c| c.port)
+                .collect();
+            ports.sort_unstable();
+            ports.dedup();
+            if ports.is_empty() {
+                return None;
+            }
+            ports
+                .into_iter()
+                .map(|value| PortPrefix { value, len: 16 })
+                .collect()
         }
         // endPort needs a numeric port.
         (Some(IntOrString::String(_)), Some(_)) => return None,
