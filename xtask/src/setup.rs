@@ -32,6 +32,8 @@ const TEST_PACKAGES: &[&str] = &[
     "runc",
     // The containers' rootfs (no registry): a static /bin/busybox and its applets.
     "busybox-static",
+    // deploy/kubernetes/validate.sh: a venv for kubernetes-validate from PyPI.
+    "python3-venv",
 ];
 
 /// What `cargo xtask bench` adds: the traffic tools, the reference CNI plugins
@@ -47,6 +49,9 @@ const BENCH_PACKAGES: &[&str] = &[
     "util-linux",
 ];
 
+/// What `cargo xtask image` adds: static glibc for the binaries, podman to build the image.
+const IMAGE_PACKAGES: &[&str] = &["libc6-dev", "podman"];
+
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// LLVM major of Debian's rustc 1.96; bpf-linker's feature must match it.
 const LLVM_MAJOR: &str = "22";
@@ -60,6 +65,8 @@ pub enum Profile {
     Bench,
     /// The benchmark against prebuilt binaries (`SLUICE_BIN_DIR`): the bench tools only.
     BenchPrebuilt,
+    /// `cargo xtask image`: the build toolchain, static glibc, podman.
+    Image,
 }
 
 fn missing_packages(pkgs: &[&str]) -> Vec<String> {
@@ -167,6 +174,7 @@ pub fn run(profile: Profile) -> Result<()> {
     match profile {
         Profile::Test => pkgs.extend(TEST_PACKAGES),
         Profile::Bench | Profile::BenchPrebuilt => pkgs.extend(BENCH_PACKAGES),
+        Profile::Image => pkgs.extend(IMAGE_PACKAGES),
         Profile::Build => {}
     }
     let missing = missing_packages(&pkgs);

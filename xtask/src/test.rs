@@ -16,6 +16,12 @@ pub fn run(filter: Option<&str>, integration_only: bool) -> Result<()> {
         )?;
         sh::run(sh::cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
         sh::run(sh::cargo().args(["test", "--workspace", "--exclude", "sluice-tests"]))?;
+        // The DaemonSet manifests, offline, against the Kubernetes schemas.
+        sh::run(
+            std::process::Command::new("bash")
+                .current_dir(sh::root())
+                .arg("deploy/kubernetes/validate.sh"),
+        )?;
     }
     crate::build_release()?;
     ensure!(

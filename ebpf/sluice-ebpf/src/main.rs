@@ -201,7 +201,12 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, ()> {
     // A pod on another node, through the overlay.
     if let Some(cfg) = maps::config() {
         if cfg.flags & CFG_F_ROUTING_VXLAN != 0 {
-            let key = aya_ebpf::maps::lpm_trie::Key::new(128, IpPrefixData { bytes: pkt.dst.to_bytes() });
+            let key = aya_ebpf::maps::lpm_trie::Key::new(
+                128,
+                IpPrefixData {
+                    bytes: pkt.dst.to_bytes(),
+                },
+            );
             if let Some(node) = SL_NODES.get(&key) {
                 bump_global(global::TO_REMOTE);
                 return match tunnel::to_remote_node(ctx, node, cfg) {
