@@ -5,11 +5,13 @@
 //! - `test`:  setup, then formatting, lints, unit tests and the privileged integration tests
 //! - `demo`:  setup, build, then a node with three pods on the real binaries
 //! - `bench`: setup, build (unless `SLUICE_BIN_DIR` is set), then the benchmark (`bench/`)
+//! - `image`: static binaries, then the container image `localhost/sluice` with podman
 //!
 //! Every command runs `setup` first.
 
 mod bench;
 mod demo;
+mod image;
 mod setup;
 mod sh;
 mod test;
@@ -60,6 +62,16 @@ enum Cmd {
         #[arg(long)]
         out: Option<std::path::PathBuf>,
     },
+    /// Build the DaemonSet's container image (`localhost/sluice:latest`) with podman, from
+    /// statically linked binaries and `deploy/Containerfile` (no registry needed).
+    Image {
+        /// Image name and tag.
+        #[arg(long, default_value = "localhost/sluice:latest")]
+        tag: String,
+        /// Also write the image as an OCI archive here (for `ctr images import` and the like).
+        #[arg(long)]
+        archive: Option<std::path::PathBuf>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -81,6 +93,10 @@ fn main() -> Result<()> {
             setup::run(setup::Profile::Build)?;
             build_release()?;
             demo::run()
+        }
+        Cmd::Image { tag, archive } => {
+            setup::run(setup::Profile::Image)?;
+            image::run(&tag, archive.as_deref())
         }
         Cmd::Bench {
             quick,
