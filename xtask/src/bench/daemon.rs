@@ -32,6 +32,17 @@ impl Sluiced {
     /// Start in `node` with `--pod-cidr cidr` (and `--manifests DIR` when `manifests`); waits
     /// until the socket accepts.
     pub fn start(bins: &Bins, node: &Netns, cidr: &str, manifests: bool) -> Result<Self> {
+        Self::start_with(bins, node, cidr, manifests, &[])
+    }
+
+    /// `start` with more flags (`--node-name`, `--routing`...).
+    pub fn start_with(
+        bins: &Bins,
+        node: &Netns,
+        cidr: &str,
+        manifests: bool,
+        extra: &[&str],
+    ) -> Result<Self> {
         let dir = TempDir::new("sluiced")?;
         let socket = dir.path.join("run/sluiced.sock");
         let bpffs = PathBuf::from(format!("/sys/fs/bpf/{}", netns::unique("bpf")));
@@ -43,7 +54,8 @@ impl Sluiced {
             .arg("--state-dir")
             .arg(dir.path.join("state"))
             .arg("--bpffs")
-            .arg(&bpffs);
+            .arg(&bpffs)
+            .args(extra);
         if let Some(m) = &mdir {
             std::fs::create_dir_all(m)?;
             cmd.arg("--manifests").arg(m);

@@ -330,30 +330,41 @@ impl Servers {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null()),
         )?;
-        let sockperf = OwnedChild::spawn(
-            "sockperf server",
-            netns::in_ns(server, "sockperf")
-                .args([
-                    "server",
-                    "--tcp",
-                    "-i",
-                    &ip.to_string(),
-                    "-p",
-                    &SOCKPERF_PORT.to_string(),
-                ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
-        )?;
+        // Debian 12's sockperf (3.7) has no IPv6: IPv6 topologies measure RR with `tcp_rr`.
+        let sockperf = ip
+            .is_ipv4()
+            .then(|| {
+                OwnedChild::spawn(
+                    "sockperf server",
+                    netns::in_ns(server, "sockperf")
+                        .args([
+                            "server",
+                            "--tcp",
+                            "-i",
+                            &ip.to_string(),
+                            "-p",
+                            &SOCKPERF_PORT.to_string(),
+                        ])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null()),
+                )
+            })
+            .transpose()?;
         let s = Self {
             _iperf3: Some(iperf3),
-            _sockperf: Some(sockperf),
+            _sockperf: sockperf,
             _rust: rust,
         };
         // Both tools listen within milliseconds; wait until they do (seen from the server's
         // own namespace), so the first measurement does not race their start-up.
         let path: PathBuf = server.to_owned();
         netns::run_in(&path, move || {
-            for port in [IPERF3_PORT, SOCKPERF_PORT] {
+            let ports: &[u16] = if ip.is_ipv4() {
+                &[IPERF3_PORT, SOCKPERF_PORT]
+            } else {
+                &[IPERF3_PORT]
+            };
+            for &port in ports {
                 netns::wait_for("iperf3/sockperf to listen", Duration::from_secs(10), || {
                     Ok(
                         TcpStream::connect_timeout(&SocketAddr::new(ip, port), Duration::from_millis(200))

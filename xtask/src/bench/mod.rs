@@ -124,7 +124,7 @@ impl Config {
     }
 }
 
-pub const PHASES: [&str; 5] = ["traffic", "cni", "policy", "progrun", "memory"];
+pub const PHASES: [&str; 6] = ["traffic", "crossnode", "cni", "policy", "progrun", "memory"];
 
 pub struct Options {
     pub quick: bool,
@@ -138,6 +138,46 @@ fn kernel() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|_| "?".into())
+}
+
+/// Pods on two simulated nodes (native routing, VXLAN) against the underlay veth between the
+/// node namespaces, and same-node IPv6 pods against an IPv6 veth pair: RR and 1-flow stream.
+fn cross_node_and_ipv6(cfg: &Config, bins: &Bins, rep: &mut Report) -> Result<()> {
+    use traffic::Figure;
+    let figures = [Figure::Stream1, Figure::Rr];
+    {
+        let (native, underlay) = Topo::cross_node(bins, "native", "native", 0)?;
+        let (vxlan, _) = Topo::cross_node(bins, "vxlan", "vxlan", 1)?;
+        // The reference borrows `native`'s nodes: first in the vector, dropped first.
+        let mut topos = vec![underlay, native, vxlan];
+        for t in &mut topos {
+            t.start_servers(true)
+                .with_context(|| format!("starting the servers of {}", t.label))?;
+        }
+        traffic::run_figures(cfg, &topos, &figures)?.report_pairs(
+            rep,
+            "Pods on two nodes, ratio to the underlay (a veth between the node namespaces)",
+            "Client pod on node 1, server pod on node 2; the reference is node 1 to node 2 over the \
+             veth that joins them. native: routes via the other node, the node's stack forwards; \
+             vxlan: the program sets the tunnel key, pods get MTU 1450.",
+            &[("native", "crossnode_native"), ("vxlan", "crossnode_vxlan")],
+        );
+    }
+    let mut sluice6 = Topo::sluice(bins, "fd00:244::/64", None)?;
+    sluice6.label = "sluice-ipv6";
+    let mut topos = vec![Topo::veth6()?, sluice6];
+    for t in &mut topos {
+        t.start_servers(true)
+            .with_context(|| format!("starting the servers of {}", t.label))?;
+    }
+    traffic::run_figures(cfg, &topos, &figures)?.report_pairs(
+        rep,
+        "IPv6 pods on one node, ratio to an IPv6 veth pair",
+        "The same-node fast path (bpf_redirect_peer) over IPv6. RR here is the Rust 64 B ping-pong \
+         loop on both sides (Debian 12's sockperf 3.7 has no IPv6).",
+        &[("sluice-ipv6", "ipv6")],
+    );
+    Ok(())
 }
 
 pub fn run(opts: Options) -> Result<()> {
@@ -229,6 +269,15 @@ pub fn run(opts: Options) -> Result<()> {
             cni_latency::run(&cfg, &[sluice, bridge, lo], &mut rep)?;
             eprintln!("bench: CNI phase took {:.0}s", t1.elapsed().as_secs_f64());
         }
+    }
+
+    if want("crossnode") {
+        let t0 = Instant::now();
+        cross_node_and_ipv6(&cfg, &bins, &mut rep)?;
+        eprintln!(
+            "bench: cross-node and IPv6 phase took {:.0}s",
+            t0.elapsed().as_secs_f64()
+        );
     }
 
     if want("policy") || want("progrun") {

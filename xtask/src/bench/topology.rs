@@ -36,6 +36,8 @@ pub struct Topo {
     pub pods: Vec<Pod>,
     pub plugin: Option<Plugin>,
     pub daemon: Option<Sluiced>,
+    /// The other nodes' daemons (cross-node topologies).
+    more_daemons: Vec<Sluiced>,
     /// The node namespace (CNI topologies) or the pair's namespaces.
     pub nss: Vec<Netns>,
     _dirs: Vec<TempDir>,
@@ -59,6 +61,7 @@ impl Topo {
             pods: Vec::new(),
             plugin: None,
             daemon: None,
+            more_daemons: Vec::new(),
             nss: Vec::new(),
             _dirs: Vec::new(),
         }
@@ -92,6 +95,124 @@ impl Topo {
         );
         t.nss = vec![a, b];
         Ok(t)
+    }
+
+    /// A veth pair like `veth`, over IPv6 (fd00:250::1/64 and ::2/64, no DAD).
+    pub fn veth6() -> Result<Self> {
+        let a = Netns::new("veth6a")?;
+        let b = Netns::new("veth6b")?;
+        netns::ip(&[
+            "-n", &a.name, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &b.name,
+        ])?;
+        for (ns, addr) in [(&a, "fd00:250::1/64"), (&b, "fd00:250::2/64")] {
+            netns::ip(&["-n", &ns.name, "addr", "add", addr, "dev", "eth0", "nodad"])?;
+            netns::ip(&["-n", &ns.name, "link", "set", "eth0", "up"])?;
+        }
+        let mut t = Self::bare(
+            "veth6",
+            a.path(),
+            b.path(),
+            "fd00:250::1".parse().expect("literal"),
+            "fd00:250::2".parse().expect("literal"),
+        );
+        t.nss = vec![a, b];
+        Ok(t)
+    }
+
+    /// Two simulated nodes joined by a direct veth (the underlay), each running sluiced with
+    /// `--routing routing`, a client pod on the first and a server pod on the second.
+    /// Returns the pods' topology and the reference: the same two node namespaces talking
+    /// over the underlay veth itself (it borrows the nodes: drop it first). `n` keeps the
+    /// addresses of several clusters apart.
+    pub fn cross_node(bins: &Bins, routing: &str, label: &'static str, n: u8) -> Result<(Self, Self)> {
+        let nodes = [Netns::new("n1")?, Netns::new("n2")?];
+        netns::ip(&[
+            "-n",
+            &nodes[0].name,
+            "link",
+            "add",
+            "uplink0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "uplink0",
+            "netns",
+            &nodes[1].name,
+        ])?;
+        let underlay = |i: usize| format!("192.168.{}.{}", 80 + n, i + 1);
+        let cidr = |i: usize| format!("10.{}.{}.0/24", 230 + n, i + 1);
+        for (i, ns) in nodes.iter().enumerate() {
+            netns::ip(&[
+                "-n",
+                &ns.name,
+                "addr",
+                "add",
+                &format!("{}/24", underlay(i)),
+                "dev",
+                "uplink0",
+            ])?;
+            netns::ip(&["-n", &ns.name, "link", "set", "uplink0", "up"])?;
+        }
+        let node_objects: String = (0..2)
+            .map(|i| {
+                format!(
+                    "---\napiVersion: v1\nkind: Node\nmetadata: {{name: node-{i}}}\nspec: {{podCIDRs: [{}]}}\nstatus: {{addresses: [{{type: InternalIP, address: {}}}]}}\n",
+                    cidr(i),
+                    underlay(i)
+                )
+            })
+            .collect();
+        let mut daemons = Vec::new();
+        for (i, ns) in nodes.iter().enumerate() {
+            let name = format!("node-{i}");
+            let d = Sluiced::start_with(
+                bins,
+                ns,
+                &cidr(i),
+                true,
+                &["--node-name", &name, "--routing", routing],
+            )?;
+            let rev = d.revision()?;
+            d.write_manifest("00-nodes.yaml", &node_objects)?;
+            d.wait_applied(rev, Duration::from_secs(30), |_| true)?;
+            daemons.push(d);
+        }
+        let plugins: Vec<Plugin> = daemons
+            .iter()
+            .zip(&nodes)
+            .map(|(d, ns)| {
+                Plugin::new(
+                    "sluice",
+                    bins.get("sluice").expect("checked at start"),
+                    &d.conf("slb-x"),
+                    ns,
+                )
+            })
+            .collect();
+        let client = Pod::add(&plugins[0], "client")?;
+        let server = Pod::add(&plugins[1], "server")?;
+        let reference = Self::bare(
+            "underlay",
+            nodes[0].path(),
+            nodes[1].path(),
+            underlay(0).parse()?,
+            underlay(1).parse()?,
+        );
+        let mut t = Self::bare(
+            label,
+            client.ns.path(),
+            server.ns.path(),
+            client.ip()?,
+            server.ip()?,
+        );
+        t.pods = vec![client, server];
+        t.plugin = plugins.into_iter().next();
+        let mut daemons = daemons.into_iter();
+        t.daemon = daemons.next();
+        t.more_daemons = daemons.collect();
+        t.nss = nodes.into();
+        Ok((t, reference))
     }
 
     /// One namespace, 127.0.0.1 to 127.0.0.1.

@@ -25,7 +25,7 @@ struct Values {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Figure {
+pub enum Figure {
     Stream1,
     Stream4,
     Rr,
@@ -44,6 +44,14 @@ fn measure_one(cfg: &Config, t: &Topo, f: Figure, v: &mut Values) -> Result<()> 
     match f {
         Figure::Stream1 => v.stream1 = measure::iperf3(&t.client, t.server_ip, cfg.stream_secs, 1)?,
         Figure::Stream4 => v.stream4 = measure::iperf3(&t.client, t.server_ip, cfg.stream_secs, 4)?,
+        Figure::Rr if t.server_ip.is_ipv6() => {
+            // sockperf 3.7 (Debian 12) has no IPv6: the Rust ping-pong loop, same 64 B.
+            v.rr = measure::tcp_rr(
+                &t.client,
+                t.server_ip,
+                std::time::Duration::from_secs(u64::from(cfg.sockperf_secs)),
+            )?
+        }
         Figure::Rr => v.rr = measure::sockperf(&t.client, t.server_ip, cfg.sockperf_secs)?,
         Figure::Crr => v.crr = measure::tcp_crr(&t.client, t.server_ip, cfg.crr)?,
     }
@@ -52,11 +60,16 @@ fn measure_one(cfg: &Config, t: &Topo, f: Figure, v: &mut Values) -> Result<()> 
 
 /// Run the rounds. `topos[0]` is the reference (veth).
 pub fn run(cfg: &Config, topos: &[Topo]) -> Result<Traffic> {
+    run_figures(cfg, topos, &FIGURES)
+}
+
+/// Run the rounds of `figures` only. `topos[0]` is the reference every other is divided by.
+pub fn run_figures(cfg: &Config, topos: &[Topo], figures: &[Figure]) -> Result<Traffic> {
     let labels: Vec<&'static str> = topos.iter().map(|t| t.label).collect();
     let mut rounds = Vec::new();
     for r in 0..cfg.rounds {
         let mut round: BTreeMap<&'static str, Values> = BTreeMap::new();
-        for f in FIGURES {
+        for &f in figures {
             let mut order: Vec<&Topo> = topos[1..].iter().collect();
             let k = r % order.len().max(1);
             order.rotate_left(k);
@@ -67,15 +80,31 @@ pub fn run(cfg: &Config, topos: &[Topo]) -> Result<Traffic> {
                 measure_one(cfg, t, f, v).with_context(|| format!("{} {f:?}", t.label))?;
             }
         }
-        let (veth, sl) = (round["veth"], round.get("sluice").copied().unwrap_or_default());
+        let reference = &round[topos[0].label];
+        let progress: Vec<String> = topos[1..]
+            .iter()
+            .filter_map(|t| round.get(t.label).map(|v| (t.label, v)))
+            .map(|(l, v)| {
+                let parts: Vec<String> = figures
+                    .iter()
+                    .map(|f| {
+                        let (name, x, r) = match f {
+                            Figure::Stream1 => ("stream1", v.stream1, reference.stream1),
+                            Figure::Stream4 => ("stream4", v.stream4, reference.stream4),
+                            Figure::Rr => ("rr", v.rr.per_s, reference.rr.per_s),
+                            Figure::Crr => ("crr", v.crr, reference.crr),
+                        };
+                        format!("{name} {:.2}", x / r)
+                    })
+                    .collect();
+                format!("{l}/{}: {}", topos[0].label, parts.join(" "))
+            })
+            .collect();
         eprintln!(
-            "bench: traffic round {}/{}: sluice/veth stream1 {:.2} stream4 {:.2} rr {:.2} crr {:.2}",
+            "bench: traffic round {}/{}: {}",
             r + 1,
             cfg.rounds,
-            sl.stream1 / veth.stream1,
-            sl.stream4 / veth.stream4,
-            sl.rr.per_s / veth.rr.per_s,
-            sl.crr / veth.crr,
+            progress.join("; ")
         );
         rounds.push(round);
     }
@@ -101,6 +130,60 @@ impl Traffic {
 
     fn abs(&self, label: &str, f: impl Fn(&Values) -> f64) -> f64 {
         stats::median(&self.series(label, f))
+    }
+
+    /// RR and 1-flow stream of each `(label, key)` against this run's reference (`topos[0]`
+    /// of `run_figures`): JSON keys `{key}_rr_vs_{reference}` and `{key}_stream1_vs_...`,
+    /// absolute figures, and one table.
+    pub fn report_pairs(&self, rep: &mut Report, title: &str, note: &str, rows: &[(&str, &str)]) {
+        let Some(reference) = self.labels.first().copied() else {
+            return;
+        };
+        let rr = |v: &Values| v.rr.per_s;
+        let st = |v: &Values| v.stream1;
+        let mut table = Vec::new();
+        for &(label, key) in rows {
+            let (rr_ratio, st_ratio) = (self.ratio(label, reference, rr), self.ratio(label, reference, st));
+            rep.num(&format!("{key}_rr_vs_{reference}"), rr_ratio);
+            rep.num(&format!("{key}_stream1_vs_{reference}"), st_ratio);
+            rep.num(&format!("{key}_rr_per_s"), self.abs(label, rr));
+            rep.num(&format!("{key}_stream1_gbps"), self.abs(label, st));
+            rep.num(&format!("{key}_rr_p50_us"), self.abs(label, |v| v.rr.p50_us));
+            table.push(vec![
+                label.to_owned(),
+                fmt_ratio_range(rr_ratio, self.range(label, reference, rr)),
+                fmt_ratio_range(st_ratio, self.range(label, reference, st)),
+                fmt_num(self.abs(label, rr)),
+                fmt_num(self.abs(label, st)),
+                fmt_num(self.abs(label, |v| v.rr.p50_us)),
+            ]);
+            rep.chart.push(("RR".into(), key.to_owned(), rr_ratio));
+            rep.chart.push(("stream 1".into(), key.to_owned(), st_ratio));
+        }
+        table.push(vec![
+            format!("{reference} (reference)"),
+            "1.00".into(),
+            "1.00".into(),
+            fmt_num(self.abs(reference, rr)),
+            fmt_num(self.abs(reference, st)),
+            fmt_num(self.abs(reference, |v| v.rr.p50_us)),
+        ]);
+        rep.sections.push(Section {
+            title: title.to_owned(),
+            note: format!("{} rounds, interleaved. {note}", self.rounds.len()),
+            header: [
+                "topology",
+                &format!("RR vs {reference}"),
+                &format!("stream 1 flow vs {reference}"),
+                "RR (transactions/s)",
+                "stream (Gbit/s)",
+                "RR p50 (µs)",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            rows: table,
+        });
     }
 
     /// JSON keys and the report's tables.
