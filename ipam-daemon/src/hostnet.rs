@@ -173,91 +173,57 @@ impl HostNet {
         use netlink_packet_route::route::{
             RouteIp6Tunnel, RouteIp6TunnelFlags, RouteIpTunnel, RouteIpTunnelFlags,
         };
-        if let Some(hop) = &overlay {
-            self.handle
-                .neighbours()
-                .add(hop.ifindex, hop.gateway)
-                .link_layer_address(&hop.mac)
-                .state(netlink_packet_route::neighbour::NeighbourState::Permanent)
-                .replace()
-                .execute()
-                .await
-                .map_err(nl(format!("neighbour {} for {net}", hop.gateway)))?;
+        let invalid = |e| invalid_route(net, via, e);
+        let mut b = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(net.network(), net.prefix())
+            .map_err(invalid)?;
+        if let Some(s) = src.filter(|s| s.is_ipv4() == net.is_ipv4()) {
+            b = b.pref_source(s).map_err(invalid)?;
         }
-        let vxlan = overlay.map(|h| (h.ifindex, h.vni, h.gateway));
-        let msg = match (net, via) {
-            (ipnetwork::IpNetwork::V4(n), _) => {
-                let mut b =
-                    RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(n.network(), n.prefix());
-                if let Some(IpAddr::V4(s)) = src {
-                    b = b.pref_source(s);
-                }
-                if let Some((_, _, IpAddr::V4(g))) = vxlan {
-                    b = b.gateway(g).onlink();
-                }
-                b = match (vxlan, via) {
-                    (Some((ifindex, vni, _)), IpAddr::V4(v)) => b.output_interface(ifindex).encap_ip(vec![
-                        RouteIpTunnel::Id(vni as u64),
+        match overlay {
+            None if via.is_ipv4() != net.is_ipv4() => {
+                return Err(HostNetError::Netlink {
+                    op: format!("route {net} natively via {via}: the families differ"),
+                    source: rtnetlink::Error::RequestFailed,
+                });
+            }
+            None => b = b.gateway(via).map_err(invalid)?,
+            Some(hop) => {
+                self.handle
+                    .neighbours()
+                    .add(hop.ifindex, hop.gateway)
+                    .link_layer_address(&hop.mac)
+                    .state(netlink_packet_route::neighbour::NeighbourState::Permanent)
+                    .replace()
+                    .execute()
+                    .await
+                    .map_err(nl(format!("neighbour {} for {net}", hop.gateway)))?;
+                b = b
+                    .gateway(hop.gateway)
+                    .map_err(invalid)?
+                    .onlink()
+                    .output_interface(hop.ifindex);
+                // UDP checksums, as the eBPF path's tunnel key asks: an IPv6 receiver drops
+                // zero-checksum UDP.
+                b = match via {
+                    IpAddr::V4(v) => b.encap_ip(vec![
+                        RouteIpTunnel::Id(hop.vni as u64),
                         RouteIpTunnel::Destination(v),
                         RouteIpTunnel::Ttl(64),
-                        // UDP checksums, as the eBPF path's tunnel key asks: an IPv6
-                        // receiver drops zero-checksum UDP.
                         RouteIpTunnel::Flags(RouteIpTunnelFlags::Key | RouteIpTunnelFlags::Checksum),
                     ]),
-                    (Some((ifindex, vni, _)), IpAddr::V6(v)) => b.output_interface(ifindex).encap_ip6(vec![
-                        RouteIp6Tunnel::Id(vni as u64),
+                    IpAddr::V6(v) => b.encap_ip6(vec![
+                        RouteIp6Tunnel::Id(hop.vni as u64),
                         RouteIp6Tunnel::Destination(v),
                         RouteIp6Tunnel::Hoplimit(64),
                         RouteIp6Tunnel::Flags(RouteIp6TunnelFlags::Key | RouteIp6TunnelFlags::Checksum),
                     ]),
-                    (None, IpAddr::V4(v)) => b.gateway(v),
-                    (None, IpAddr::V6(_)) => {
-                        return Err(HostNetError::Netlink {
-                            op: format!("route {net} natively via an IPv6 address"),
-                            source: rtnetlink::Error::RequestFailed,
-                        });
-                    }
                 };
-                b.build()
             }
-            (ipnetwork::IpNetwork::V6(n), _) => {
-                let mut b =
-                    RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(n.network(), n.prefix());
-                if let Some(IpAddr::V6(s)) = src {
-                    b = b.pref_source(s);
-                }
-                if let Some((_, _, IpAddr::V6(g))) = vxlan {
-                    b = b.gateway(g).onlink();
-                }
-                b = match (vxlan, via) {
-                    (Some((ifindex, vni, _)), IpAddr::V4(v)) => b.output_interface(ifindex).encap_ip(vec![
-                        RouteIpTunnel::Id(vni as u64),
-                        RouteIpTunnel::Destination(v),
-                        RouteIpTunnel::Ttl(64),
-                        // UDP checksums, as the eBPF path's tunnel key asks: an IPv6
-                        // receiver drops zero-checksum UDP.
-                        RouteIpTunnel::Flags(RouteIpTunnelFlags::Key | RouteIpTunnelFlags::Checksum),
-                    ]),
-                    (Some((ifindex, vni, _)), IpAddr::V6(v)) => b.output_interface(ifindex).encap_ip6(vec![
-                        RouteIp6Tunnel::Id(vni as u64),
-                        RouteIp6Tunnel::Destination(v),
-                        RouteIp6Tunnel::Hoplimit(64),
-                        RouteIp6Tunnel::Flags(RouteIp6TunnelFlags::Key | RouteIp6TunnelFlags::Checksum),
-                    ]),
-                    (None, IpAddr::V6(v)) => b.gateway(v),
-                    (None, IpAddr::V4(_)) => {
-                        return Err(HostNetError::Netlink {
-                            op: format!("route {net} natively via an IPv4 address"),
-                            source: rtnetlink::Error::RequestFailed,
-                        });
-                    }
-                };
-                b.build()
-            }
-        };
+        }
         self.handle
             .route()
-            .add(msg)
+            .add(b.build())
             .replace()
             .execute()
             .await
@@ -563,4 +529,12 @@ pub struct OverlayHop {
     pub vni: u32,
     pub gateway: IpAddr,
     pub mac: [u8; 6],
+}
+
+/// A route message the builder refused (its error type is not exported by rtnetlink).
+fn invalid_route(net: ipnetwork::IpNetwork, via: IpAddr, e: impl std::fmt::Display) -> HostNetError {
+    HostNetError::Netlink {
+        op: format!("route {net} via {via}: {e}"),
+        source: rtnetlink::Error::RequestFailed,
+    }
 }

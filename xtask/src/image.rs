@@ -53,9 +53,23 @@ pub fn run(tag: &str, archive: Option<&Path>) -> Result<()> {
         .args(["image", "inspect", "--format", "{{.Size}}", tag])
         .output()?;
     let bytes: u64 = String::from_utf8_lossy(&size.stdout).trim().parse().unwrap_or(0);
-    // A smoke test of the image's content: the daemon runs and knows its flags.
-    sh::run(Command::new("podman").args(["run", "--rm", "--network=none", tag, "--help"]))
-        .context("the image's sluiced does not run")?;
+    // A smoke test of the image's content: the daemon runs and knows its flags. runc: Debian
+    // 12's default crun 1.8 refuses cgroup v1/hybrid hosts. Explicit ulimits: podman asks for
+    // more than a runtime without CAP_SYS_RESOURCE may set where the hard limits are lower.
+    let mut run = Command::new("podman");
+    run.args(["run", "--rm", "--runtime", "runc", "--network=none"]);
+    if let Some(n) = hard_limit(libc::RLIMIT_NOFILE) {
+        run.arg(format!("--ulimit=nofile={n}:{n}"));
+    }
+    if let Some(n) = hard_limit(libc::RLIMIT_NPROC) {
+        // Podman caps its own process limit at pid_max/threads-max.
+        let n = ["/proc/sys/kernel/pid_max", "/proc/sys/kernel/threads-max"]
+            .iter()
+            .filter_map(|f| std::fs::read_to_string(f).ok()?.trim().parse::<u64>().ok())
+            .fold(n, u64::min);
+        run.arg(format!("--ulimit=nproc={n}:{n}"));
+    }
+    sh::run(run.args([tag, "--help"])).context("the image's sluiced does not run")?;
     if let Some(path) = archive {
         let _ = std::fs::remove_file(path);
         sh::run(
@@ -71,4 +85,15 @@ pub fn run(tag: &str, archive: Option<&Path>) -> Result<()> {
         BINARIES.len()
     );
     Ok(())
+}
+
+/// This process's hard limit for `resource` (None when unlimited or unknown).
+fn hard_limit(resource: libc::__rlimit_resource_t) -> Option<u64> {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid pointer to a rlimit.
+    let rc = unsafe { libc::getrlimit(resource, &mut r) };
+    (rc == 0 && r.rlim_max != libc::RLIM_INFINITY).then_some(r.rlim_max)
 }

@@ -50,7 +50,7 @@ const BENCH_PACKAGES: &[&str] = &[
 ];
 
 /// What `cargo xtask image` adds: static glibc for the binaries, podman to build the image.
-const IMAGE_PACKAGES: &[&str] = &["libc6-dev", "podman"];
+const IMAGE_PACKAGES: &[&str] = &["libc6-dev", "podman", "runc", "file"];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// LLVM major of Debian's rustc 1.96; bpf-linker's feature must match it.

@@ -140,6 +140,15 @@ fn kernel() -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
+/// iperf3, sockperf and the Rust servers in every topology's server namespace.
+fn start_all_servers(topos: &mut [Topo]) -> Result<()> {
+    for t in topos {
+        t.start_servers(true)
+            .with_context(|| format!("starting the servers of {}", t.label))?;
+    }
+    Ok(())
+}
+
 /// Pods on two simulated nodes (native routing, VXLAN) against the underlay veth between the
 /// node namespaces, and same-node IPv6 pods against an IPv6 veth pair: RR and 1-flow stream.
 fn cross_node_and_ipv6(cfg: &Config, bins: &Bins, rep: &mut Report) -> Result<()> {
@@ -150,10 +159,7 @@ fn cross_node_and_ipv6(cfg: &Config, bins: &Bins, rep: &mut Report) -> Result<()
         let (vxlan, _) = Topo::cross_node(bins, "vxlan", "vxlan", 1)?;
         // The reference borrows `native`'s nodes: first in the vector, dropped first.
         let mut topos = vec![underlay, native, vxlan];
-        for t in &mut topos {
-            t.start_servers(true)
-                .with_context(|| format!("starting the servers of {}", t.label))?;
-        }
+        start_all_servers(&mut topos)?;
         traffic::run_figures(cfg, &topos, &figures)?.report_pairs(
             rep,
             "Pods on two nodes, ratio to the underlay (a veth between the node namespaces)",
@@ -166,10 +172,7 @@ fn cross_node_and_ipv6(cfg: &Config, bins: &Bins, rep: &mut Report) -> Result<()
     let mut sluice6 = Topo::sluice(bins, "fd00:244::/64", None)?;
     sluice6.label = "sluice-ipv6";
     let mut topos = vec![Topo::veth6()?, sluice6];
-    for t in &mut topos {
-        t.start_servers(true)
-            .with_context(|| format!("starting the servers of {}", t.label))?;
-    }
+    start_all_servers(&mut topos)?;
     traffic::run_figures(cfg, &topos, &figures)?.report_pairs(
         rep,
         "IPv6 pods on one node, ratio to an IPv6 veth pair",
@@ -250,10 +253,7 @@ pub fn run(opts: Options) -> Result<()> {
             Topo::reference_cni("ptp", "10.247.0.0/16")?,
         ];
         if want("traffic") {
-            for t in &mut topos {
-                t.start_servers(true)
-                    .with_context(|| format!("starting the servers of {}", t.label))?;
-            }
+            start_all_servers(&mut topos)?;
             traffic::run(&cfg, &topos)?.report(&mut rep);
             eprintln!("bench: traffic phase took {:.0}s", t0.elapsed().as_secs_f64());
         }

@@ -76,45 +76,32 @@ impl Topo {
 
     /// A veth pair between two namespaces, 10.250.0.1/24 and .2/24, created inside them.
     pub fn veth() -> Result<Self> {
-        let a = Netns::new("vetha")?;
-        let b = Netns::new("vethb")?;
-        let bpath = b.path();
-        netns::ip(&[
-            "-n", &a.name, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &b.name,
-        ])?;
-        for (ns, addr) in [(&a, "10.250.0.1/24"), (&b, "10.250.0.2/24")] {
-            netns::ip(&["-n", &ns.name, "addr", "add", addr, "dev", "eth0"])?;
-            netns::ip(&["-n", &ns.name, "link", "set", "eth0", "up"])?;
-        }
-        let mut t = Self::bare(
-            "veth",
-            a.path(),
-            bpath,
-            Ipv4Addr::new(10, 250, 0, 1).into(),
-            Ipv4Addr::new(10, 250, 0, 2).into(),
-        );
-        t.nss = vec![a, b];
-        Ok(t)
+        Self::pair("veth", ["10.250.0.1", "10.250.0.2"], 24)
     }
 
     /// A veth pair like `veth`, over IPv6 (fd00:250::1/64 and ::2/64, no DAD).
     pub fn veth6() -> Result<Self> {
-        let a = Netns::new("veth6a")?;
-        let b = Netns::new("veth6b")?;
+        Self::pair("veth6", ["fd00:250::1", "fd00:250::2"], 64)
+    }
+
+    /// Two namespaces joined by one veth pair (`eth0` in each) with `addrs` (client, server).
+    fn pair(label: &'static str, addrs: [&str; 2], prefix: u8) -> Result<Self> {
+        let a = Netns::new(&format!("{label}a"))?;
+        let b = Netns::new(&format!("{label}b"))?;
         netns::ip(&[
             "-n", &a.name, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &b.name,
         ])?;
-        for (ns, addr) in [(&a, "fd00:250::1/64"), (&b, "fd00:250::2/64")] {
-            netns::ip(&["-n", &ns.name, "addr", "add", addr, "dev", "eth0", "nodad"])?;
+        for (ns, addr) in [(&a, addrs[0]), (&b, addrs[1])] {
+            let cidr = format!("{addr}/{prefix}");
+            let mut args = vec!["-n", &ns.name, "addr", "add", &cidr, "dev", "eth0"];
+            if addr.contains(':') {
+                // No duplicate address detection: the address is usable at once.
+                args.push("nodad");
+            }
+            netns::ip(&args)?;
             netns::ip(&["-n", &ns.name, "link", "set", "eth0", "up"])?;
         }
-        let mut t = Self::bare(
-            "veth6",
-            a.path(),
-            b.path(),
-            "fd00:250::1".parse().expect("literal"),
-            "fd00:250::2".parse().expect("literal"),
-        );
+        let mut t = Self::bare(label, a.path(), b.path(), addrs[0].parse()?, addrs[1].parse()?);
         t.nss = vec![a, b];
         Ok(t)
     }
