@@ -2,7 +2,9 @@
 //! Node objects and keeps the node's routing in line with them:
 //!
 //! - `--routing native`: the underlay routes pod CIDRs; sluiced adds a route to each other
-//!   node's pod CIDR via that node's address, and the host stack forwards.
+//!   node's pod CIDR via that node's address. `from_pod` forwards pods' packets to those CIDRs
+//!   itself (`bpf_fib_lookup` on those routes, then `bpf_redirect`/`bpf_redirect_neigh` out of
+//!   the uplink), skipping the source node's IP stack; the node's own traffic uses the routes.
 //! - `--routing vxlan`: one collect-metadata VXLAN device per node. `from_pod` finds the
 //!   remote node of a destination in `SL_NODES`, sets the tunnel key and hands the packet to
 //!   the device; the node's own traffic takes routes with lightweight-tunnel encapsulation.
@@ -101,6 +103,14 @@ pub struct Routing {
     gateways: Vec<IpAddr>,
 }
 
+/// Remote CIDRs a previous run programmed (perhaps in the other mode) are re-established by
+/// `sync`.
+fn clear_nodes(maps: &DatapathMaps) {
+    for (k, _) in maps.node_entries() {
+        let _ = maps.node_remove(&k);
+    }
+}
+
 /// The address to reach `node` at for a pod CIDR of `family` (native: same family; vxlan:
 /// the underlay family, any pod family).
 fn underlay_address(node: &NodeInfo, pod_v4: bool, mode: Mode, prefer_v4: bool) -> Option<IpAddr> {
@@ -161,13 +171,11 @@ impl Routing {
                 c.vxlan_vni = vxlan.vni;
                 c.vxlan_mac = node_vxlan_mac(node_name);
             })?;
-            // Remote CIDRs a previous run programmed are re-established by `sync`.
-            for (k, _) in maps.node_entries() {
-                let _ = maps.node_remove(&k);
-            }
+            clear_nodes(maps);
             return Ok((r, underlay_mtu - overhead));
         }
         maps.update_config(|c| c.flags &= !sluice_common::endpoint::CFG_F_ROUTING_VXLAN)?;
+        clear_nodes(maps);
         Ok((r, underlay_mtu))
     }
 
@@ -218,7 +226,9 @@ impl Routing {
                 tracing::error!(node = %p.node, %cidr, error = %crate::node::chain(&e), "routing a remote pod CIDR");
                 continue;
             }
-            if self.mode == Mode::Vxlan {
+            // Both modes: vxlan tunnels to the node, native forwards by FIB lookup, and only
+            // toward addresses known to be pods (the rest keeps the host stack's path).
+            {
                 let v = RemoteNode {
                     node_ip: ip128(p.via),
                     flags: if p.via.is_ipv4() { NODE_F_UNDERLAY_V4 } else { 0 },
@@ -240,9 +250,7 @@ impl Routing {
             .copied()
             .collect();
         for cidr in gone {
-            if self.mode == Mode::Vxlan {
-                let _ = maps.node_remove(&prefix_key(cidr));
-            }
+            let _ = maps.node_remove(&prefix_key(cidr));
             if let Err(e) = hostnet.del_route(cidr).await {
                 tracing::error!(%cidr, error = %crate::node::chain(&e), "removing the route of a departed node");
                 continue;

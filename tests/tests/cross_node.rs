@@ -83,6 +83,15 @@ fn native_routing_ipv4_ipv6_and_dual_stack() {
     for fam in [Families::V4, Families::V6, Families::Dual] {
         let c = Cluster::new("native", 2, fam);
         connectivity(&c);
+        // The pods' packets to the other node left through the program's FIB fast path, not
+        // only through the node's stack.
+        let s: sluice_api::Status = c.nodes[0].daemon().call(&sluice_api::Request::Status);
+        assert_eq!(s.routing, "native");
+        assert!(
+            s.datapath_counters["to_remote"] > 0,
+            "the program did not forward to the other node: {:?}",
+            s.datapath_counters
+        );
     }
 }
 

@@ -17,14 +17,17 @@ pub enum Forward {
     Failed,
 }
 
+/// Decrement the TTL (IPv4, fixing the header checksum) or hop limit (IPv6) as a router
+/// does. `Some(false)`: it would expire, leave the packet to the host stack (it answers with
+/// ICMP time exceeded).
 #[inline(always)]
-pub fn to_local_pod(ctx: &TcContext, family: u8, dst: &LocalEndpoint) -> Option<Forward> {
+pub fn decrement_ttl(ctx: &TcContext, family: u8) -> Option<bool> {
     if family == 4 {
         let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_HLEN)?;
         // SAFETY: bounds checked by ptr_at.
         let ip = unsafe { &mut *ip };
         if ip.ttl <= 1 {
-            return Some(Forward::ToHost);
+            return Some(false);
         }
         // Incremental checksum for a TTL decrement (the kernel's ip_decrease_ttl).
         let mut check = ip.check as u32;
@@ -36,9 +39,17 @@ pub fn to_local_pod(ctx: &TcContext, family: u8, dst: &LocalEndpoint) -> Option<
         // SAFETY: bounds checked by ptr_at.
         let ip = unsafe { &mut *ip };
         if ip.hop_limit <= 1 {
-            return Some(Forward::ToHost);
+            return Some(false);
         }
         ip.hop_limit -= 1;
+    }
+    Some(true)
+}
+
+#[inline(always)]
+pub fn to_local_pod(ctx: &TcContext, family: u8, dst: &LocalEndpoint) -> Option<Forward> {
+    if !decrement_ttl(ctx, family)? {
+        return Some(Forward::ToHost);
     }
     let eth: *mut EthHdr = ptr_at(ctx, 0)?;
     // SAFETY: bounds checked by ptr_at.

@@ -13,6 +13,7 @@
 
 mod conntrack;
 mod events;
+mod fib;
 mod flow;
 mod forward;
 mod maps;
@@ -198,16 +199,21 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, ()> {
             }
         };
     }
-    // A pod on another node, through the overlay.
+    // A pod on another node: through the overlay, or routed natively by the program.
     if let Some(cfg) = maps::config() {
-        if cfg.flags & CFG_F_ROUTING_VXLAN != 0 {
-            let key = aya_ebpf::maps::lpm_trie::Key::new(
-                128,
-                IpPrefixData {
-                    bytes: pkt.dst.to_bytes(),
-                },
-            );
-            if let Some(node) = SL_NODES.get(&key) {
+        let key = aya_ebpf::maps::lpm_trie::Key::new(
+            128,
+            IpPrefixData {
+                bytes: pkt.dst.to_bytes(),
+            },
+        );
+        if let Some(node) = SL_NODES.get(&key) {
+            if cfg.flags & CFG_F_ROUTING_VXLAN == 0 {
+                if let Some(v) = fib::to_remote_node(ctx, &pkt, ifindex) {
+                    bump_global(global::TO_REMOTE);
+                    return Ok(v);
+                }
+            } else {
                 bump_global(global::TO_REMOTE);
                 return match tunnel::to_remote_node(ctx, node, cfg) {
                     Some(v) => Ok(v),
