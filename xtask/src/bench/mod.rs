@@ -67,6 +67,9 @@ pub struct Config {
     /// RR is the most placement-sensitive figure; more rounds steady its median).
     pub policy_rounds: usize,
     pub policy_run: Duration,
+    /// Rounds of the cross-node and IPv6 phase (fewer in a quick run: its set-up is two nodes
+    /// and two daemons per mode).
+    pub crossnode_rounds: usize,
     pub cni_pods: usize,
     pub conc_pods: usize,
     /// Repetitions of the concurrent ADD wall time.
@@ -90,6 +93,7 @@ impl Config {
                 crr: Duration::from_millis(500),
                 policy_rounds: rounds.unwrap_or(5),
                 policy_run: Duration::from_millis(300),
+                crossnode_rounds: rounds.unwrap_or(2),
                 cni_pods: 20,
                 conc_pods: 100,
                 conc_reps: 1,
@@ -110,6 +114,7 @@ impl Config {
                 crr: Duration::from_secs(2),
                 policy_rounds: rounds.map(|r| r * 2).unwrap_or(10),
                 policy_run: Duration::from_secs(1),
+                crossnode_rounds: rounds.unwrap_or(5),
                 cni_pods: 100,
                 conc_pods: 100,
                 conc_reps: 3,
@@ -160,7 +165,7 @@ fn cross_node_and_ipv6(cfg: &Config, bins: &Bins, rep: &mut Report) -> Result<()
         // The reference borrows `native`'s nodes: first in the vector, dropped first.
         let mut topos = vec![underlay, native, vxlan];
         start_all_servers(&mut topos)?;
-        traffic::run_figures(cfg, &topos, &figures)?.report_pairs(
+        traffic::run_figures(cfg, &topos, &figures, cfg.crossnode_rounds)?.report_pairs(
             rep,
             "Pods on two nodes, ratio to the underlay (a veth between the node namespaces)",
             "Client pod on node 1, server pod on node 2; the reference is node 1 to node 2 over the \
@@ -173,7 +178,7 @@ fn cross_node_and_ipv6(cfg: &Config, bins: &Bins, rep: &mut Report) -> Result<()
     sluice6.label = "sluice-ipv6";
     let mut topos = vec![Topo::veth6()?, sluice6];
     start_all_servers(&mut topos)?;
-    traffic::run_figures(cfg, &topos, &figures)?.report_pairs(
+    traffic::run_figures(cfg, &topos, &figures, cfg.crossnode_rounds)?.report_pairs(
         rep,
         "IPv6 pods on one node, ratio to an IPv6 veth pair",
         "The same-node fast path (bpf_redirect_peer) over IPv6. RR here is the Rust 64 B ping-pong \

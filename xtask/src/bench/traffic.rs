@@ -60,14 +60,14 @@ fn measure_one(cfg: &Config, t: &Topo, f: Figure, v: &mut Values) -> Result<()> 
 
 /// Run the rounds. `topos[0]` is the reference (veth).
 pub fn run(cfg: &Config, topos: &[Topo]) -> Result<Traffic> {
-    run_figures(cfg, topos, &FIGURES)
+    run_figures(cfg, topos, &FIGURES, cfg.rounds)
 }
 
 /// Run the rounds of `figures` only. `topos[0]` is the reference every other is divided by.
-pub fn run_figures(cfg: &Config, topos: &[Topo], figures: &[Figure]) -> Result<Traffic> {
+pub fn run_figures(cfg: &Config, topos: &[Topo], figures: &[Figure], n_rounds: usize) -> Result<Traffic> {
     let labels: Vec<&'static str> = topos.iter().map(|t| t.label).collect();
     let mut rounds = Vec::new();
-    for r in 0..cfg.rounds {
+    for r in 0..n_rounds {
         let mut round: BTreeMap<&'static str, Values> = BTreeMap::new();
         for &f in figures {
             let mut order: Vec<&Topo> = topos[1..].iter().collect();
@@ -103,7 +103,7 @@ pub fn run_figures(cfg: &Config, topos: &[Topo], figures: &[Figure]) -> Result<T
         eprintln!(
             "bench: traffic round {}/{}: {}",
             r + 1,
-            cfg.rounds,
+            n_rounds,
             progress.join("; ")
         );
         rounds.push(round);
