@@ -76,20 +76,17 @@ fn contains(cidr: &str, ip: IpAddr) -> bool {
     }
 }
 
-#[test]
-#[ignore = "privileged: run with `cargo xtask test` (root)"]
-fn native_routing_ipv4_ipv6_and_dual_stack() {
-    require_root();
+/// Every family in `routing` mode; then the program itself must have sent pods' packets to
+/// the other node (native: its FIB fast path; vxlan: the tunnel key), not the node's stack.
+fn every_family(routing: &'static str) {
     for fam in [Families::V4, Families::V6, Families::Dual] {
-        let c = Cluster::new("native", 2, fam);
+        let c = Cluster::new(routing, 2, fam);
         connectivity(&c);
-        // The pods' packets to the other node left through the program's FIB fast path, not
-        // only through the node's stack.
         let s: sluice_api::Status = c.nodes[0].daemon().call(&sluice_api::Request::Status);
-        assert_eq!(s.routing, "native");
+        assert_eq!(s.routing, routing);
         assert!(
             s.datapath_counters["to_remote"] > 0,
-            "the program did not forward to the other node: {:?}",
+            "{routing}: the program did not forward to the other node: {:?}",
             s.datapath_counters
         );
     }
@@ -97,19 +94,16 @@ fn native_routing_ipv4_ipv6_and_dual_stack() {
 
 #[test]
 #[ignore = "privileged: run with `cargo xtask test` (root)"]
+fn native_routing_ipv4_ipv6_and_dual_stack() {
+    require_root();
+    every_family("native");
+}
+
+#[test]
+#[ignore = "privileged: run with `cargo xtask test` (root)"]
 fn vxlan_overlay_ipv4_ipv6_and_dual_stack() {
     require_root();
-    for fam in [Families::V4, Families::V6, Families::Dual] {
-        let c = Cluster::new("vxlan", 2, fam);
-        connectivity(&c);
-        let s: sluice_api::Status = c.nodes[0].daemon().call(&sluice_api::Request::Status);
-        assert_eq!(s.routing, "vxlan");
-        assert!(
-            s.datapath_counters["to_remote"] > 0,
-            "the program did not tunnel: {:?}",
-            s.datapath_counters
-        );
-    }
+    every_family("vxlan");
 }
 
 #[test]

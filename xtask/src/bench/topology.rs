@@ -177,8 +177,6 @@ impl Topo {
                 )
             })
             .collect();
-        let client = Pod::add(&plugins[0], "client")?;
-        let server = Pod::add(&plugins[1], "server")?;
         let reference = Self::bare(
             "underlay",
             nodes[0].path(),
@@ -186,14 +184,7 @@ impl Topo {
             underlay(0).parse()?,
             underlay(1).parse()?,
         );
-        let mut t = Self::bare(
-            label,
-            client.ns.path(),
-            server.ns.path(),
-            client.ip()?,
-            server.ip()?,
-        );
-        t.pods = vec![client, server];
+        let mut t = Self::client_server(label, &plugins[0], &plugins[1])?;
         t.plugin = plugins.into_iter().next();
         let mut daemons = daemons.into_iter();
         t.daemon = daemons.next();
@@ -211,10 +202,10 @@ impl Topo {
         Ok(t)
     }
 
-    /// Two pods (`client`, `server`) ADDed through `plugin` in `node`.
-    fn with_pods(label: &'static str, node: Netns, plugin: Plugin, names: [&str; 2]) -> Result<Self> {
-        let client = Pod::add(&plugin, names[0])?;
-        let server = Pod::add(&plugin, names[1])?;
+    /// A `client` pod ADDed through `on_client` and a `server` pod through `on_server`.
+    fn client_server(label: &'static str, on_client: &Plugin, on_server: &Plugin) -> Result<Self> {
+        let client = Pod::add(on_client, "client")?;
+        let server = Pod::add(on_server, "server")?;
         let mut t = Self::bare(
             label,
             client.ns.path(),
@@ -223,6 +214,12 @@ impl Topo {
             server.ip()?,
         );
         t.pods = vec![client, server];
+        Ok(t)
+    }
+
+    /// Two pods (`client`, `server`) ADDed through `plugin` in `node`.
+    fn with_pods(label: &'static str, node: Netns, plugin: Plugin) -> Result<Self> {
+        let mut t = Self::client_server(label, &plugin, &plugin)?;
         t.plugin = Some(plugin);
         t.nss = vec![node];
         Ok(t)
@@ -240,7 +237,7 @@ impl Topo {
         }
         let plugin = Plugin::new("sluice", bins.get("sluice")?, &daemon.conf("slb-sluice"), &node);
         // On failure `daemon` is dropped (stopped) here as well.
-        let mut t = Self::with_pods("sluice", node, plugin, ["client", "server"])?;
+        let mut t = Self::with_pods("sluice", node, plugin)?;
         t.daemon = Some(daemon);
         Ok(t)
     }
@@ -266,7 +263,7 @@ impl Topo {
             }),
         };
         let plugin = Plugin::reference(kind, &conf, &node);
-        let mut t = Self::with_pods(kind, node, plugin, ["client", "server"])?;
+        let mut t = Self::with_pods(kind, node, plugin)?;
         t._dirs.push(dir);
         Ok(t)
     }
