@@ -81,6 +81,14 @@ impl Sluiced {
 
     /// (Re)start the process with the same flags.
     pub fn launch(&mut self) {
+        if let Err(e) = self.try_launch() {
+            panic!("{e}");
+        }
+    }
+
+    /// Like `launch`, for a start that may be refused: `Err` with the log when the daemon
+    /// exits during start-up.
+    pub fn try_launch(&mut self) -> Result<(), String> {
         assert!(self.child.is_none(), "already running");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -97,23 +105,33 @@ impl Sluiced {
             .spawn()
             .expect("spawn sluiced");
         self.child = Some(child);
-        self.wait_ready(Duration::from_secs(20));
+        let r = self.wait_ready(Duration::from_secs(20));
+        if r.is_err() {
+            self.child = None;
+        }
+        r
     }
 
-    fn wait_ready(&mut self, timeout: Duration) {
+    fn wait_ready(&mut self, timeout: Duration) -> Result<(), String> {
         let start = Instant::now();
         while start.elapsed() < timeout {
             if let Some(c) = self.child.as_mut()
                 && let Ok(Some(st)) = c.try_wait()
             {
-                panic!("sluiced exited ({st}) during start-up:\n{}", self.log_tail(40));
+                return Err(format!(
+                    "sluiced exited ({st}) during start-up:\n{}",
+                    self.log_tail(40)
+                ));
             }
             if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
-                return;
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("sluiced not ready after {timeout:?}:\n{}", self.log_tail(40));
+        Err(format!(
+            "sluiced not ready after {timeout:?}:\n{}",
+            self.log_tail(40)
+        ))
     }
 
     pub fn log_tail(&self, n: usize) -> String {

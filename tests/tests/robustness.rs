@@ -380,3 +380,31 @@ fn the_pool_can_be_resized_without_losing_leases() {
     }
     d.keep_pins = false;
 }
+
+#[test]
+#[ignore = "privileged: run with `cargo xtask test` (root)"]
+fn pins_of_another_abi_are_refused_until_reset() {
+    require_root();
+    let node = TestNs::new("node");
+    let mut d = Sluiced::start(&node, &[]);
+    d.keep_pins = true;
+    d.stop();
+    // What an older daemon (ABI 2: before cross-node routing changed two map values) recorded.
+    let record = d.state_dir.join("datapath.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    let abi = v["abi"].as_u64().unwrap();
+    v["abi"] = serde_json::json!(abi - 1);
+    std::fs::write(&record, serde_json::to_vec(&v).unwrap()).unwrap();
+    let refused = d
+        .try_launch()
+        .expect_err("a daemon re-adopted maps of another ABI");
+    assert!(
+        refused.contains(&format!("ABI {} pinned, this daemon speaks ABI {abi}", abi - 1)),
+        "the refusal does not say why:\n{refused}"
+    );
+    // The documented way forward: start over with a fresh datapath.
+    d.set_extra_args(&["--reset-datapath"]);
+    d.launch();
+    let s: sluice_api::Status = d.call(&sluice_api::Request::Status);
+    assert!(s.ready);
+}

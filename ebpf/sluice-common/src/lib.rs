@@ -21,7 +21,8 @@ mod user;
 
 /// Bumped whenever the layout of a map key/value or the meaning of a map changes. A daemon
 /// refuses to re-adopt pinned maps written under another ABI version (see `sluiced --reset-datapath`).
-pub const ABI_VERSION: u32 = 2;
+/// 3: `RemoteNode` carries the node's VXLAN MAC, `DatapathConfig` this node's.
+pub const ABI_VERSION: u32 = 3;
 
 /// Traffic direction from the point of view of a pod.
 pub mod direction {
