@@ -387,7 +387,6 @@ fn pins_of_another_abi_are_refused_until_reset() {
     require_root();
     let node = TestNs::new("node");
     let mut d = Sluiced::start(&node, &[]);
-    d.keep_pins = true;
     d.stop();
     // What an older daemon (ABI 2: before cross-node routing changed two map values) recorded.
     let record = d.state_dir.join("datapath.json");
