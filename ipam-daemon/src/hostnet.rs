@@ -93,19 +93,9 @@ impl HostNet {
 
     /// The MTU of the interface that holds `ip`, if any does.
     pub async fn mtu_of_address(&self, ip: IpAddr) -> Result<Option<u32>, HostNetError> {
-        let mut addrs = self.handle.address().get().execute();
-        let mut index = None;
-        while let Some(a) = addrs.try_next().await.map_err(nl("list addresses"))? {
-            let has = a
-                .attributes
-                .iter()
-                .any(|x| matches!(x, AddressAttribute::Address(v) | AddressAttribute::Local(v) if *v == ip));
-            if has {
-                index = Some(a.header.index);
-                break;
-            }
-        }
-        let Some(index) = index else { return Ok(None) };
+        let Some(index) = self.index_of_address(ip).await? else {
+            return Ok(None);
+        };
         let mut links = self.handle.link().get().match_index(index).execute();
         match links.try_next().await {
             Ok(Some(m)) => Ok(m.attributes.iter().find_map(|a| match a {
@@ -114,6 +104,21 @@ impl HostNet {
             })),
             _ => Ok(None),
         }
+    }
+
+    /// The ifindex of the interface holding `ip`, if any.
+    pub async fn index_of_address(&self, ip: IpAddr) -> Result<Option<u32>, HostNetError> {
+        let mut addrs = self.handle.address().get().execute();
+        while let Some(a) = addrs.try_next().await.map_err(nl("list addresses"))? {
+            let has = a
+                .attributes
+                .iter()
+                .any(|x| matches!(x, AddressAttribute::Address(v) | AddressAttribute::Local(v) if *v == ip));
+            if has {
+                return Ok(Some(a.header.index));
+            }
+        }
+        Ok(None)
     }
 
     /// Create (or keep) the node's collect-metadata VXLAN device: `external` (the tunnel

@@ -222,7 +222,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         &cfg.node_name,
         objects.nodes.get(&cfg.node_name),
         &hostnet,
-        &datapath.maps,
+        &datapath,
         routing::VxlanParams {
             vni: cfg.vxlan_vni,
             port: cfg.vxlan_port,
@@ -231,7 +231,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     )
     .await
     .context("routing between nodes")?;
-    routing.sync(&objects.nodes, &hostnet, &datapath.maps).await;
+    routing.sync(&objects.nodes, &hostnet, &datapath).await;
     let engine = policy::PolicyEngine::new(&datapath.maps, objects);
 
     let mtu = cfg.mtu.unwrap_or(pod_mtu);

@@ -227,7 +227,7 @@ impl Node {
         self.routing
             .lock()
             .await
-            .sync(&objects.nodes, &self.hostnet, &self.datapath.maps)
+            .sync(&objects.nodes, &self.hostnet, &self.datapath)
             .await;
         let mut engine = self.policy.lock().await;
         engine.objects = objects;

@@ -23,7 +23,7 @@ use sluice_policy::manifests::NodeInfo;
 
 use crate::{
     datapath::{
-        DatapathError,
+        Datapath, DatapathError,
         maps::{DatapathMaps, ip128, prefix_key},
     },
     hostnet::OverlayHop,
@@ -101,6 +101,62 @@ pub struct Routing {
     routes: BTreeMap<IpNetwork, Programmed>,
     /// The node's own gateway addresses (source of its traffic to remote pods).
     gateways: Vec<IpAddr>,
+    /// The uplink carrying `from_uplink` (native routing): the interface holding this node's
+    /// InternalIP.
+    uplink: Option<u32>,
+}
+
+impl Routing {
+    /// Native routing: `from_uplink` on the interface holding this node's InternalIP (once the
+    /// node's own Node object names it), and on no other. Failures are logged: packets then
+    /// take the stack's path, which works, only slower.
+    async fn ensure_uplink(
+        &mut self,
+        nodes: &BTreeMap<String, NodeInfo>,
+        hostnet: &HostNet,
+        datapath: &Datapath,
+    ) {
+        let Some(own) = nodes.get(&self.node_name) else {
+            return;
+        };
+        let mut found = None;
+        for ip in &own.internal_ips {
+            match hostnet.index_of_address(*ip).await {
+                Ok(Some(i)) => {
+                    found = Some(i);
+                    break;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(%ip, error = %crate::node::chain(&e), "finding the uplink"),
+            }
+        }
+        let Some(ifindex) = found else {
+            return;
+        };
+        if self.uplink == Some(ifindex) {
+            return;
+        }
+        let name = match hostnet.links().await {
+            Ok(l) => l.into_iter().find(|(i, _)| *i == ifindex).map(|(_, n)| n),
+            Err(e) => {
+                tracing::warn!(error = %crate::node::chain(&e), "listing interfaces");
+                None
+            }
+        };
+        let Some(name) = name else { return };
+        let res = datapath
+            .detach_uplinks(Some(ifindex))
+            .and_then(|()| datapath.attach_uplink(&name, ifindex));
+        match res {
+            Ok(()) => {
+                tracing::info!(uplink = %name, ifindex, "from_uplink attached: packets from other nodes go straight to local pods");
+                self.uplink = Some(ifindex);
+            }
+            Err(e) => {
+                tracing::error!(uplink = %name, error = %crate::node::chain(&e), "attaching from_uplink")
+            }
+        }
+    }
 }
 
 /// Remote CIDRs a previous run programmed (perhaps in the other mode) are re-established by
@@ -133,7 +189,7 @@ impl Routing {
         node_name: &str,
         own: Option<&NodeInfo>,
         hostnet: &HostNet,
-        maps: &DatapathMaps,
+        datapath: &Datapath,
         vxlan: VxlanParams,
         gateways: &[IpAddr],
     ) -> Result<(Self, u32), RoutingError> {
@@ -145,6 +201,7 @@ impl Routing {
             }
         }
         let underlay_mtu = underlay_mtu.unwrap_or(1500);
+        let maps = &datapath.maps;
         let mut r = Self {
             mode,
             node_name: node_name.to_owned(),
@@ -152,6 +209,7 @@ impl Routing {
             vxlan_ifindex: None,
             routes: BTreeMap::new(),
             gateways: gateways.to_vec(),
+            uplink: None,
         };
         if mode == Mode::Vxlan {
             let v4_underlay = own.is_none_or(|n| n.internal_ips.iter().any(|a| a.is_ipv4()));
@@ -165,6 +223,8 @@ impl Routing {
                 )
                 .await?;
             r.vxlan_ifindex = Some(ifindex);
+            // Overlay packets arrive on the VXLAN device: the uplink program has no work.
+            datapath.detach_uplinks(None)?;
             maps.update_config(|c| {
                 c.flags |= sluice_common::endpoint::CFG_F_ROUTING_VXLAN;
                 c.vxlan_ifindex = ifindex;
@@ -181,7 +241,11 @@ impl Routing {
 
     /// Bring routes (and `SL_NODES`) in line with the other nodes. Errors for one node do not
     /// stop the others; they are logged.
-    pub async fn sync(&mut self, nodes: &BTreeMap<String, NodeInfo>, hostnet: &HostNet, maps: &DatapathMaps) {
+    pub async fn sync(&mut self, nodes: &BTreeMap<String, NodeInfo>, hostnet: &HostNet, datapath: &Datapath) {
+        let maps = &datapath.maps;
+        if self.mode == Mode::Native {
+            self.ensure_uplink(nodes, hostnet, datapath).await;
+        }
         let prefer_v4 = nodes
             .get(&self.node_name)
             .is_none_or(|n| n.internal_ips.iter().any(|a| a.is_ipv4()));

@@ -77,7 +77,8 @@ fn contains(cidr: &str, ip: IpAddr) -> bool {
 }
 
 /// Every family in `routing` mode; then the program itself must have sent pods' packets to
-/// the other node (native: its FIB fast path; vxlan: the tunnel key), not the node's stack.
+/// the other node (native: its FIB fast path; vxlan: the tunnel key), not the node's stack,
+/// and (native) received the other node's packets on the uplink straight into the pod.
 fn every_family(routing: &'static str) {
     for fam in [Families::V4, Families::V6, Families::Dual] {
         let c = Cluster::new(routing, 2, fam);
@@ -89,6 +90,14 @@ fn every_family(routing: &'static str) {
             "{routing}: the program did not forward to the other node: {:?}",
             s.datapath_counters
         );
+        if routing == "native" {
+            // And on the receiving side, from the uplink straight into the pod.
+            assert!(
+                s.datapath_counters["from_uplink_to_pod"] > 0,
+                "native: from_uplink delivered nothing: {:?}",
+                s.datapath_counters
+            );
+        }
     }
 }
 

@@ -21,7 +21,8 @@ mod user;
 
 /// Bumped whenever the layout of a map key/value or the meaning of a map changes. A daemon
 /// refuses to re-adopt pinned maps written under another ABI version (see `sluiced --reset-datapath`).
-/// 3: `RemoteNode` carries the node's VXLAN MAC, `DatapathConfig` this node's.
+/// 3: `RemoteNode` carries the node's VXLAN MAC, `DatapathConfig` this node's; one more
+/// global counter (`from_uplink_to_pod`).
 pub const ABI_VERSION: u32 = 3;
 
 /// Traffic direction from the point of view of a pod.
@@ -38,6 +39,9 @@ pub mod programs {
     pub const FROM_POD: &str = "from_pod";
     /// tcx egress of a pod's host-side veth: packets the host stack delivers to the pod.
     pub const TO_POD: &str = "to_pod";
+    /// tcx ingress of the node's uplink (native routing): packets from other nodes to local
+    /// pods, policed and handed straight into the pod.
+    pub const FROM_UPLINK: &str = "from_uplink";
     /// Every program, for pinning and checks.
-    pub const ALL: [&str; 2] = [FROM_POD, TO_POD];
+    pub const ALL: [&str; 3] = [FROM_POD, TO_POD, FROM_UPLINK];
 }

@@ -30,7 +30,9 @@ pub mod global {
     pub const EVENTS_LOST: u32 = 5;
     pub const TO_HOST: u32 = 6;
     pub const TO_REMOTE: u32 = 7;
-    pub const COUNT: u32 = 8;
+    /// Packets from other nodes that `from_uplink` handed straight into a local pod.
+    pub const FROM_UPLINK_TO_POD: u32 = 8;
+    pub const COUNT: u32 = 9;
     pub const NAMES: [&str; COUNT as usize] = [
         "from_pod_runs",
         "to_pod_runs",
@@ -40,5 +42,6 @@ pub mod global {
         "events_lost",
         "to_host",
         "to_remote",
+        "from_uplink_to_pod",
     ];
 }

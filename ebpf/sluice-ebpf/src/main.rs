@@ -55,6 +55,12 @@ pub fn to_pod(ctx: TcContext) -> i32 {
     try_to_pod(&ctx).unwrap_or(TC_ACT_SHOT)
 }
 
+#[classifier]
+pub fn from_uplink(ctx: TcContext) -> i32 {
+    // Anything this program cannot make sense of is the node's business, not a drop.
+    try_from_uplink(&ctx).unwrap_or(PASS)
+}
+
 #[inline(always)]
 fn skb(ctx: &TcContext) -> &__sk_buff {
     // SAFETY: the context pointer of a tc program is a valid __sk_buff for the program's run.
@@ -230,6 +236,47 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, ()> {
     }
     bump_global(global::TO_HOST);
     Ok(PASS)
+}
+
+/// Native routing, receiving side: a packet from another node to a pod of this node skips
+/// the node's IP stack. It gets exactly what `to_pod` would give it (conntrack and the pod's
+/// ingress policy), then goes straight into the pod with `bpf_redirect_peer`. Everything else
+/// (the node's own traffic, ARP, ND, what cannot be forwarded as is) passes on to the stack.
+fn try_from_uplink(ctx: &TcContext) -> Result<i32, ()> {
+    let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(())?;
+    // SAFETY: bounds checked by ptr_at.
+    let ethertype = unsafe { u16::from_be((*eth).proto) };
+    if ethertype != ETH_P_IP && ethertype != ETH_P_IPV6 {
+        return Ok(PASS);
+    }
+    let Some(pkt) = packet::parse_ip(ctx, ethertype) else {
+        return Ok(PASS);
+    };
+    // SAFETY: read-only use of a map value for the duration of this run.
+    let Some(dst) = (unsafe { SL_ENDPOINTS.get(&pkt.dst) }) else {
+        return Ok(PASS);
+    };
+    if pkt.proto == IPPROTO_ICMPV6 && is_nd(pkt.icmp_type) {
+        return Ok(PASS);
+    }
+    if !flow::police(ctx, &pkt, false, dst.ifindex, dst.ep_id, direction::INGRESS) {
+        return Ok(TC_ACT_SHOT);
+    }
+    let len = ctx.len() as u64;
+    match forward::to_local_pod(ctx, pkt.family, dst).ok_or(())? {
+        Forward::Done(v) => {
+            bump_global(global::FROM_UPLINK_TO_POD);
+            if let Some(s) = ep_stats(dst.ep_id) {
+                s.rx_packets += 1;
+                s.rx_bytes += len;
+            }
+            Ok(v)
+        }
+        // The stack answers an expiring TTL with ICMP time exceeded.
+        Forward::ToHost => Ok(PASS),
+        // Headers already rewritten for the pod: the stack could not route it any more.
+        Forward::Failed => Ok(TC_ACT_SHOT),
+    }
 }
 
 fn try_to_pod(ctx: &TcContext) -> Result<i32, ()> {

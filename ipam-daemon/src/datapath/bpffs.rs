@@ -102,6 +102,11 @@ impl Pins {
             if ingress { "ingress" } else { "egress" }
         ))
     }
+    /// The link of `from_uplink` on the node's uplink (native routing). Named apart from the
+    /// endpoints' `<ifindex>_<direction>` links, which reconciliation owns.
+    pub fn uplink_link(&self, ifindex: u32) -> PathBuf {
+        self.root.join("links").join(format!("uplink_{ifindex}"))
+    }
     pub fn links_dir(&self) -> PathBuf {
         self.root.join("links")
     }

@@ -152,6 +152,7 @@ pub struct Datapath {
     pins: Pins,
     from_pod: Mutex<SchedClassifier>,
     to_pod: Mutex<SchedClassifier>,
+    from_uplink: Mutex<SchedClassifier>,
     pub maps: DatapathMaps,
     pub outcome: LoadOutcome,
     pub kernel: KernelFeatures,
@@ -200,6 +201,8 @@ impl Datapath {
 
         let fingerprint = object::fingerprint();
         let progs_pinned = programs::ALL.iter().all(|n| pins.prog(n).exists());
+        // An older daemon may have pinned fewer programs: its links still need the swap.
+        let any_prog_pinned = programs::ALL.iter().any(|n| pins.prog(n).exists());
         let same_object = previous.as_ref().is_some_and(|p| p.object == fingerprint);
         let outcome = if progs_pinned && same_object {
             LoadOutcome::Readopted
@@ -225,7 +228,7 @@ impl Datapath {
                     source: aya::programs::ProgramError::IOError(io::Error::other(e.to_string())),
                 })?;
             }
-            if progs_pinned {
+            if any_prog_pinned {
                 LoadOutcome::Upgraded
             } else {
                 LoadOutcome::Fresh
@@ -237,9 +240,14 @@ impl Datapath {
         };
         let from_pod = open_prog(programs::FROM_POD)?;
         let to_pod = open_prog(programs::TO_POD)?;
+        let from_uplink = open_prog(programs::FROM_UPLINK)?;
         let mut verified_insns = Vec::new();
         let mut program_ids = Vec::new();
-        for (name, p) in [(programs::FROM_POD, &from_pod), (programs::TO_POD, &to_pod)] {
+        for (name, p) in [
+            (programs::FROM_POD, &from_pod),
+            (programs::TO_POD, &to_pod),
+            (programs::FROM_UPLINK, &from_uplink),
+        ] {
             if let Ok(info) = p.info() {
                 verified_insns.push((name.to_owned(), info.verified_instruction_count().unwrap_or(0)));
                 program_ids.push(info.id());
@@ -251,6 +259,7 @@ impl Datapath {
             pins,
             from_pod: Mutex::new(from_pod),
             to_pod: Mutex::new(to_pod),
+            from_uplink: Mutex::new(from_uplink),
             maps,
             outcome,
             kernel,
@@ -287,7 +296,9 @@ impl Datapath {
         for entry in entries.flatten() {
             let path = entry.path();
             let name = entry.file_name().to_string_lossy().into_owned();
-            let (prog, prog_name) = if name.ends_with("_ingress") {
+            let (prog, prog_name) = if name.starts_with("uplink_") {
+                (&self.from_uplink, programs::FROM_UPLINK)
+            } else if name.ends_with("_ingress") {
                 (&self.from_pod, programs::FROM_POD)
             } else if name.ends_with("_egress") {
                 (&self.to_pod, programs::TO_POD)
@@ -355,6 +366,53 @@ impl Datapath {
             .try_into()
             .map_err(|e: aya::programs::links::LinkError| attach_err(Box::new(e)))?;
         fd_link.pin(&path).map_err(|e| attach_err(Box::new(e)))?;
+        Ok(())
+    }
+
+    /// Attach `from_uplink` to the node's uplink (tcx ingress, first in line) and pin the link.
+    /// A link already pinned for this interface is kept as it is.
+    pub fn attach_uplink(&self, ifname: &str, ifindex: u32) -> Result<(), DatapathError> {
+        let path = self.pins.uplink_link(ifindex);
+        if path.exists() {
+            return Ok(());
+        }
+        let attach_err = |e: Box<dyn std::error::Error + Send + Sync>| DatapathError::Attach {
+            prog: programs::FROM_UPLINK,
+            ifname: ifname.to_owned(),
+            source: e,
+        };
+        let mut prog = self.from_uplink.lock().expect("program lock");
+        let id = prog
+            .attach_with_options(
+                ifname,
+                TcAttachType::Ingress,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .map_err(|e| attach_err(Box::new(e)))?;
+        let link = prog.take_link(id).map_err(|e| attach_err(Box::new(e)))?;
+        drop(prog);
+        let fd_link: FdLink = link
+            .try_into()
+            .map_err(|e: aya::programs::links::LinkError| attach_err(Box::new(e)))?;
+        fd_link.pin(&path).map_err(|e| attach_err(Box::new(e)))?;
+        Ok(())
+    }
+
+    /// Detach `from_uplink` from every interface but `keep` (removing a pin ends its link).
+    pub fn detach_uplinks(&self, keep: Option<u32>) -> Result<(), DatapathError> {
+        let keep = keep.map(|i| self.pins.uplink_link(i));
+        let dir = self.pins.links_dir();
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let is_uplink = entry.file_name().to_string_lossy().starts_with("uplink_");
+            if is_uplink && Some(&path) != keep.as_ref() {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io_err("unpin", &path)(e)),
+                }
+            }
+        }
         Ok(())
     }
 
