@@ -321,3 +321,43 @@ fn network_policy_across_nodes() {
         }
     }
 }
+
+#[test]
+#[ignore = "privileged: run with `cargo xtask test` (root)"]
+fn native_restart_keeps_the_uplink_program_and_the_traffic() {
+    require_root();
+    let mut c = Cluster::new("native", 2, Families::V4);
+    let a = c.add_pod(0, "default", "a");
+    let b = c.add_pod(1, "default", "b");
+    let ib = b.ip4();
+    assert!(traffic::tcp_ok(&a.ns, &b.ns, ib, 7201));
+    let delivered = |c: &Cluster| {
+        let s: sluice_api::Status = c.nodes[1].daemon().call(&sluice_api::Request::Status);
+        s.datapath_counters["from_uplink_to_pod"]
+    };
+    let before = delivered(&c);
+    assert!(before > 0, "from_uplink delivered nothing before the restart");
+    // While the receiving node's daemon is down, the pinned uplink program keeps delivering.
+    let d = c.nodes[1].daemon.as_mut().unwrap();
+    d.stop();
+    assert!(
+        traffic::tcp_ok(&a.ns, &b.ns, ib, 7202),
+        "cross-node traffic stopped with the daemon"
+    );
+    d.launch();
+    let pins: Vec<String> = std::fs::read_dir(d.pin_dir().join("links"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        pins.iter().filter(|p| p.starts_with("uplink_")).count(),
+        1,
+        "one uplink link after the restart: {pins:?}"
+    );
+    assert!(traffic::tcp_ok(&a.ns, &b.ns, ib, 7203));
+    assert!(
+        delivered(&c) > before,
+        "from_uplink stopped delivering across the restart"
+    );
+}
