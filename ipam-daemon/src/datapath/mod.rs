@@ -342,60 +342,28 @@ impl Datapath {
         if path.exists() {
             std::fs::remove_file(&path).map_err(io_err("unpin", &path))?;
         }
-        let attach_err = |e: Box<dyn std::error::Error + Send + Sync>| DatapathError::Attach {
-            prog: prog_name,
-            ifname: ifname.to_owned(),
-            source: e,
-        };
         let attach_type = if ingress {
             TcAttachType::Ingress
         } else {
             TcAttachType::Egress
         };
-        let mut prog = prog.lock().expect("program lock");
-        let id = prog
-            .attach_with_options(
-                ifname,
-                attach_type,
-                TcAttachOptions::TcxOrder(LinkOrder::default()),
-            )
-            .map_err(|e| attach_err(Box::new(e)))?;
-        let link = prog.take_link(id).map_err(|e| attach_err(Box::new(e)))?;
-        drop(prog);
-        let fd_link: FdLink = link
-            .try_into()
-            .map_err(|e: aya::programs::links::LinkError| attach_err(Box::new(e)))?;
-        fd_link.pin(&path).map_err(|e| attach_err(Box::new(e)))?;
-        Ok(())
+        attach_tcx_pinned(prog, prog_name, ifname, attach_type, &path)
     }
 
-    /// Attach `from_uplink` to the node's uplink (tcx ingress, first in line) and pin the link.
-    /// A link already pinned for this interface is kept as it is.
+    /// Attach `from_uplink` to the node's uplink (tcx ingress) and pin the link. A link already
+    /// pinned for this interface is kept as it is.
     pub fn attach_uplink(&self, ifname: &str, ifindex: u32) -> Result<(), DatapathError> {
         let path = self.pins.uplink_link(ifindex);
         if path.exists() {
             return Ok(());
         }
-        let attach_err = |e: Box<dyn std::error::Error + Send + Sync>| DatapathError::Attach {
-            prog: programs::FROM_UPLINK,
-            ifname: ifname.to_owned(),
-            source: e,
-        };
-        let mut prog = self.from_uplink.lock().expect("program lock");
-        let id = prog
-            .attach_with_options(
-                ifname,
-                TcAttachType::Ingress,
-                TcAttachOptions::TcxOrder(LinkOrder::default()),
-            )
-            .map_err(|e| attach_err(Box::new(e)))?;
-        let link = prog.take_link(id).map_err(|e| attach_err(Box::new(e)))?;
-        drop(prog);
-        let fd_link: FdLink = link
-            .try_into()
-            .map_err(|e: aya::programs::links::LinkError| attach_err(Box::new(e)))?;
-        fd_link.pin(&path).map_err(|e| attach_err(Box::new(e)))?;
-        Ok(())
+        attach_tcx_pinned(
+            &self.from_uplink,
+            programs::FROM_UPLINK,
+            ifname,
+            TcAttachType::Ingress,
+            &path,
+        )
     }
 
     /// Detach `from_uplink` from every interface but `keep` (removing a pin ends its link).
@@ -508,6 +476,37 @@ impl Datapath {
         out.dedup();
         out
     }
+}
+
+/// Attach `prog` with a tcx link (appended after what is there) and pin the link at `path`:
+/// the pin, not this process, keeps it alive.
+fn attach_tcx_pinned(
+    prog: &Mutex<SchedClassifier>,
+    prog_name: &'static str,
+    ifname: &str,
+    attach_type: TcAttachType,
+    path: &Path,
+) -> Result<(), DatapathError> {
+    let attach_err = |e: Box<dyn std::error::Error + Send + Sync>| DatapathError::Attach {
+        prog: prog_name,
+        ifname: ifname.to_owned(),
+        source: e,
+    };
+    let mut prog = prog.lock().expect("program lock");
+    let id = prog
+        .attach_with_options(
+            ifname,
+            attach_type,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )
+        .map_err(|e| attach_err(Box::new(e)))?;
+    let link = prog.take_link(id).map_err(|e| attach_err(Box::new(e)))?;
+    drop(prog);
+    let fd_link: FdLink = link
+        .try_into()
+        .map_err(|e: aya::programs::links::LinkError| attach_err(Box::new(e)))?;
+    fd_link.pin(path).map_err(|e| attach_err(Box::new(e)))?;
+    Ok(())
 }
 
 /// Refuse pinned maps this daemon cannot use: another ABI, or a layout that differs.
