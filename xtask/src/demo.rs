@@ -245,14 +245,7 @@ impl Monitor {
 
 /// Move this thread into the network namespace `/run/netns/NS`.
 fn enter(ns: &str) -> Result<()> {
-    let f = std::fs::File::open(format!("/run/netns/{ns}"))?;
-    use std::os::fd::AsRawFd;
-    // SAFETY: valid fd; only this thread switches.
-    ensure!(
-        unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } == 0,
-        "setns {ns}"
-    );
-    Ok(())
+    crate::bench::netns::enter(Path::new(&format!("/run/netns/{ns}")))
 }
 
 fn ctl(socket: &Path, args: &[&str]) -> Result<()> {

@@ -18,7 +18,7 @@ mod cni_latency;
 mod daemon;
 mod measure;
 mod memory;
-mod netns;
+pub(crate) mod netns;
 mod policy_cost;
 mod progrun;
 mod report;
